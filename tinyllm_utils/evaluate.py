@@ -1,0 +1,143 @@
+"""Evaluate one model on BFCL categories: generate, save raw output, score with bfcl's checkers, aggregate.
+
+    python -m tinyllm_utils.evaluate --model gemma-3-270m --categories simple_python irrelevance --limit 20
+
+writes `<out>/run.json`, `<out>/predictions/<category>.jsonl` and `<out>/metrics.json`. A rerun with the same
+parameters skips entries already on disk, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from tinyllm_utils import aggregate
+from tinyllm_utils.backends import make_backend
+from tinyllm_utils.bfcl import BFCL_EVAL_VERSION
+from tinyllm_utils.data import expand_categories, is_multi_turn, language_of, load_category
+from tinyllm_utils.multi_turn import run_multi_turn
+from tinyllm_utils.prompts import first_turn_messages, format_prompt
+from tinyllm_utils.registry import resolve_model
+from tinyllm_utils.results import PredictionWriter, manifest, read_jsonl, write_json_atomic
+from tinyllm_utils.scoring import score_example
+
+
+@dataclass
+class EvalConfig:
+    model: str = "gemma-3-270m"
+    categories: list[str] = field(default_factory=lambda: ["simple_python"])
+    limit: int | None = 2  # single-turn entries per category (seeded sample); None = the whole category
+    multi_turn_limit: int | None = 1  # multi-turn entries per category (each costs about a minute on 2 cores)
+    seed: int = 0
+    backend: str = "llama_cpp"
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    stop_when_hopeless: bool = True
+
+    def prediction_keys(self) -> dict:
+        """Parameters that change the predictions: a resumed run must match them."""
+        keys = asdict(self)
+        keys.pop("categories")
+        keys.pop("limit")
+        keys.pop("multi_turn_limit")
+        keys["bfcl_eval"] = BFCL_EVAL_VERSION
+        return keys
+
+
+def _check_resumable(out_dir: Path, config: EvalConfig) -> None:
+    run_file = out_dir / "run.json"
+    if not run_file.exists():
+        return
+    previous = json.loads(run_file.read_text()).get("prediction_keys", {})
+    changed = {k: (previous.get(k), v) for k, v in config.prediction_keys().items() if previous.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ValueError(f"{out_dir} holds predictions made with other parameters ({detail}); "
+                         "use another output folder or delete it")
+
+
+def _row(example, raw, generation_stats: dict) -> dict:
+    scored = score_example(example, raw)
+    generation_stats = dict(generation_stats)
+    error = generation_stats.pop("error", None)
+    if error:  # the model produced no (complete) answer: wrong whatever the category
+        scored.update(valid=False, error_type=error, error=error)
+    return {"id": example.id, "category": example.category, "raw": raw, **scored, **generation_stats}
+
+
+def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) an evaluation; returns the metrics also written to `<out_dir>/metrics.json`."""
+    out_dir = Path(out_dir)
+    categories = expand_categories(config.categories)
+    spec = resolve_model(config.model)
+    _check_resumable(out_dir, config)
+    write_json_atomic(out_dir / "run.json", manifest(
+        asdict(config) | {"categories": categories}, prediction_keys=config.prediction_keys(),
+        model_spec=asdict(spec), bfcl_eval=BFCL_EVAL_VERSION))
+
+    backend = None
+    selected: dict[str, list[str]] = {}
+    for category in categories:
+        limit = config.multi_turn_limit if is_multi_turn(category) else config.limit
+        examples = load_category(category, limit, config.seed)
+        selected[category] = [e.id for e in examples]
+        writer = PredictionWriter(out_dir / "predictions" / f"{category}.jsonl")
+        todo = [e for e in examples if e.id not in writer.done]
+        if not todo:
+            continue
+        if backend is None:
+            backend = make_backend(spec, config.backend, config.max_new_tokens, config.seed, config.batch_size)
+            run = json.loads((out_dir / "run.json").read_text())
+            write_json_atomic(out_dir / "run.json", run | {"backend": backend.describe()})
+        bar = tqdm(total=len(todo), desc=f"{spec.name} {category}", disable=not progress, unit="entry")
+        if is_multi_turn(category):
+            for example in todo:
+                result = run_multi_turn(example, backend, spec.prompt_format)
+                raw = result.pop("raw")
+                writer.append(_row(example, raw, result))
+                bar.update()
+        else:
+            hopeless_stop = config.stop_when_hopeless and language_of(category) == "python"
+            for start in range(0, len(todo), config.batch_size):
+                chunk = todo[start:start + config.batch_size]
+                prompts = [format_prompt(first_turn_messages(e.entry)[0], spec.prompt_format, backend.tokenizer)
+                           for e in chunk]
+                for example, generation in zip(chunk, backend.generate(prompts, stop_when_hopeless=hopeless_stop)):
+                    stats = generation.to_dict()
+                    writer.append(_row(example, stats.pop("text"), stats))
+                    bar.update()
+        bar.close()
+
+    predictions = {c: [row for row in read_jsonl(out_dir / "predictions" / f"{c}.jsonl") if row["id"] in set(ids)]
+                   for c, ids in selected.items()}
+    metrics = aggregate.summarize(predictions)
+    metrics["model"] = spec.name
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--categories", nargs="+", default=["simple_python"])
+    parser.add_argument("--limit", type=int, default=None, help="single-turn entries per category (seeded sample)")
+    parser.add_argument("--multi-turn-limit", type=int, default=None, help="multi-turn entries per category")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="llama_cpp", choices=["llama_cpp", "transformers"])
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-early-stop", action="store_true", help="always generate to end of turn or the cap")
+    parser.add_argument("--out", required=True, help="output folder, e.g. outputs/my_run/01_baseline_evaluation/gemma-3-270m")
+    args = parser.parse_args(argv)
+    config = EvalConfig(args.model, args.categories, args.limit, args.multi_turn_limit, args.seed, args.backend,
+                        args.max_new_tokens, args.batch_size, not args.no_early_stop)
+    metrics = evaluate(config, args.out)
+    print(aggregate.format_table(metrics))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""BFCL's multi-turn loop in prompting mode, with a safe executor.
+
+Per turn: generate -> decode -> execute against bfcl's simulated APIs (GorillaFileSystem, TradingBot, ...)
+-> feed the results back, at most bfcl.MAXIMUM_STEP_LIMIT steps; the turn ends when the model's reply holds
+no decodable call. As in bfcl's `inference_multi_turn_prompting`, held-out functions (miss_func) are offered
+in a user message at their turn. Only calls re-serialized from our literal-only decoder reach bfcl's executor,
+and only to offered API methods; every entry starts from fresh API state.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from tinyllm_utils import bfcl
+from tinyllm_utils.data import Example
+from tinyllm_utils.decoding import DecodeError, decode_python, to_execution_calls
+from tinyllm_utils.prompts import first_turn_messages, format_prompt
+from tinyllm_utils.scoring import allowed_api_names
+
+
+def execute_calls(calls: list[str], refused: list[str], example: Example, session: str) -> list[str]:
+    """Run safe call strings against the entry's API instances; refused names get an error, not a call."""
+    entry = example.entry
+    results, _ = bfcl.execute_multi_turn_func_call(
+        calls, entry.get("initial_config", {}), entry["involved_classes"], session, example.id,
+        long_context="long_context" in example.category,
+    ) if calls else ([], None)
+    return results + [f"Error during execution: function '{name}' is not available." for name in refused]
+
+
+def run_multi_turn(example: Example, backend, prompt_format: str, on_step=None) -> dict:
+    """Generate every turn of one multi-turn entry. Returns raw text per step per turn plus token counts."""
+    entry = example.entry
+    turns = first_turn_messages(entry)
+    holdout = entry.get("missed_function", {})
+    allowed = allowed_api_names(entry)
+    session = f"tinyllm_infer_{uuid.uuid4().hex[:12]}"
+    messages: list[dict] = []
+    raw_turns: list[list[str]] = []
+    stats = {"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0, "steps": 0, "error": None}
+    try:
+        for turn_index, turn in enumerate(turns):
+            if str(turn_index) in holdout:
+                turn = [{"role": "user", "content": bfcl.ADDITIONAL_FUNCTION_PROMPT.format(
+                    functions=holdout[str(turn_index)])}]
+            messages.extend(turn)
+            steps: list[str] = []
+            raw_turns.append(steps)
+            for _ in range(bfcl.MAXIMUM_STEP_LIMIT + 1):
+                generation = backend.generate([format_prompt(messages, prompt_format, backend.tokenizer)])[0]
+                stats["prompt_tokens"] += generation.prompt_tokens
+                stats["completion_tokens"] += generation.completion_tokens
+                stats["seconds"] += generation.seconds
+                stats["steps"] += 1
+                if generation.error:
+                    stats["error"] = generation.error
+                    return {"raw": raw_turns, **stats}
+                steps.append(generation.text)
+                messages.append({"role": "assistant", "content": generation.text})
+                if on_step:
+                    on_step()
+                try:
+                    calls, refused = to_execution_calls(decode_python(generation.text), allowed)
+                except DecodeError:
+                    break  # no decodable call: the turn is over
+                if not calls and not refused:
+                    break
+                for call, result in zip(calls + refused, execute_calls(calls, refused, example, session)):
+                    messages.append({"role": "tool", "name": call, "content": result})
+            else:
+                # bfcl force-quits the whole entry after too many steps; the checker then fails it.
+                stats["error"] = "multi_turn:force_terminated"
+                return {"raw": raw_turns, **stats}
+    finally:
+        bfcl.clear_api_state(session)
+    return {"raw": raw_turns, **stats}

@@ -1,0 +1,69 @@
+"""The model registry: which models the study knows, where their weights come from, how to prompt them.
+
+Entries live in `configs/models.yaml`. A name not in the registry is accepted when it is a local folder
+(a Hugging Face checkpoint, prompted with its chat template) or a `.gguf` file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+
+import yaml
+
+CACHE_DIR = Path.home() / ".cache" / "tinyllm_utils"
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model's weights are not on this machine and cannot be fetched."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str  # embedded | hub | local
+    prompt_format: str  # gemma | chat_template
+    params_b: float | None = None
+    hf_id: str | None = None
+    gguf_package: str | None = None
+    path: str | None = None
+
+    def gguf_path(self) -> Path:
+        """The GGUF file for llama.cpp; the embedded model is assembled from its PyPI chunks once."""
+        if self.gguf_package:
+            package = importlib.import_module(self.gguf_package)
+            target = CACHE_DIR / "models" / self.name / package.MODEL_NAME
+            return package.assemble(target)
+        if self.path and self.path.endswith(".gguf"):
+            return Path(self.path)
+        raise ModelUnavailableError(
+            f"model {self.name!r} has no GGUF file: the llama_cpp backend needs one "
+            "(add `path: /some/model.gguf` to its registry entry) or use backend='transformers'"
+        )
+
+
+@cache
+def load_registry() -> dict[str, ModelSpec]:
+    raw = yaml.safe_load(files("tinyllm_utils").joinpath("configs/models.yaml").read_text())
+    return {name: ModelSpec(name=name, **fields) for name, fields in raw.items()}
+
+
+def resolve_model(name_or_path: str) -> ModelSpec:
+    registry = load_registry()
+    if name_or_path in registry:
+        return registry[name_or_path]
+    by_hf_id = {spec.hf_id: spec for spec in registry.values() if spec.hf_id}
+    if name_or_path in by_hf_id:
+        return by_hf_id[name_or_path]
+    path = Path(name_or_path)
+    if path.exists():
+        prompt_format = "gemma" if path.suffix == ".gguf" else "chat_template"
+        return ModelSpec(name=path.stem if path.is_file() else path.name, source="local",
+                         prompt_format=prompt_format, path=str(path.resolve()))
+    raise ModelUnavailableError(
+        f"unknown model {name_or_path!r}: use a registry name ({', '.join(registry)}), "
+        "a Hugging Face id listed there, or a local checkpoint folder / .gguf file"
+    )
