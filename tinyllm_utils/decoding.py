@@ -180,17 +180,23 @@ def cannot_become_calls(text: str) -> bool:
     tokens = []
     try:
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tokens and tokens[-1].type == tokenize.ERRORTOKEN:
-                # A stray character (`!`, `?`, `$`) followed by more text is never valid outside a string.
-                return tokens[-1].string.strip() not in ("", "'", '"')
+            if tok.type in _IGNORED:
+                continue
             if tok.type == tokenize.ERRORTOKEN and tok.string.strip() in ("", "'", '"'):
                 break  # an open single-quoted string: what follows may still close it
-            if tok.type not in _IGNORED:
-                tokens.append(tok)
+            previous = tokens[-1] if tokens else None
+            if previous is not None and previous.type == tokenize.ERRORTOKEN \
+                    and not (previous.string == "`" and tok.string == "`"):
+                # A stray character (`!`, `?`, `$`) followed by more text is never valid outside a string;
+                # trailing backticks are fine (bfcl strips them), text after them is not.
+                return True
+            tokens.append(tok)
     except (tokenize.TokenError, SyntaxError, IndentationError):
         pass
     complete = tokens[:-1]
     for left, right in zip(complete, complete[1:]):
+        if left.type == tokenize.NUMBER and left.end == right.start:
+            continue  # `8.854e-` tokenizes as 8.854, e: the number may still be growing
         left_ends_operand = _is_operand(left) or left.string in (")", "]", "}")
         both_strings = left.type == tokenize.STRING and right.type == tokenize.STRING
         if left_ends_operand and _is_operand(right) and not both_strings:

@@ -1,0 +1,118 @@
+"""Decoder parity with bfcl on benign output, and safety on hostile output (nothing is ever evaluated)."""
+
+import os
+
+import pytest
+from bfcl_eval.model_handler.utils import default_decode_ast_prompting
+
+from conftest import render_ground_truth
+from tinyllm_utils.data import load_category
+from tinyllm_utils.decoding import (
+    DecodeError,
+    UnsafeOutputError,
+    cannot_become_calls,
+    decode_ast,
+    to_execution_calls,
+)
+from tinyllm_utils.scoring import decode_step, score_example
+
+HANDWRITTEN = [
+    "[get_weather(city='Paris')]",
+    "get_weather(city='Paris', unit=celsius)",
+    "```\n[a(x=1), b(y=-2.5, z=[1, 2, {'k': (3, 4)}])]\n```",
+    "[math.factorial(number=5)]",
+    "[f(flag=True, nothing=None, text=\"it's\")]",
+    "[f(1, 2, key='positional args are dropped, as bfcl does')]",
+    "[]",
+    "[f(a=...)]",
+]
+
+
+def benign_corpus():
+    corpus = list(HANDWRITTEN)
+    for category in ["simple_python", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple",
+                     "live_parallel", "live_parallel_multiple"]:
+        corpus += [render_ground_truth(e.ground_truth) for e in load_category(category, 25, seed=7)]
+    return corpus
+
+
+def test_parity_with_bfcl_decoder_on_benign_output():
+    corpus = benign_corpus()
+    assert len(corpus) > 150
+    for text in corpus:
+        assert decode_ast(text) == default_decode_ast_prompting(text), text
+
+
+@pytest.mark.parametrize("text", ["I cannot help with that.", "f(a=1) g(b=2)", "'[f(a=1)]'", "[1, 2]", "x = f(a=1)"])
+def test_both_decoders_reject_non_calls(text):
+    with pytest.raises(DecodeError):
+        decode_ast(text)
+    with pytest.raises(Exception):
+        default_decode_ast_prompting(text)
+
+
+HOSTILE = [
+    "[f(a=__import__('os').system('touch CANARY'))]",
+    "[f(a=1 + __import__('os').system('touch CANARY'))]",  # BinOp: bfcl's decoder eval()s this one
+    "[f(a=lambda: __import__('os').system('touch CANARY'))]",
+    "[f(a=().__class__.__bases__[0].__subclasses__())]",
+    "[f(a=[x for x in __import__('os').popen('touch CANARY')])]",
+    "[f(**{'a': __import__('os').system('touch CANARY')})]",
+    "[__import__('os').system(cmd='touch CANARY')]",
+    "[getattr(__import__('os'), 'system')(cmd='touch CANARY')]",
+    "[f(a=f'{__import__(\"os\").system(\"touch CANARY\")}')]",
+    "[f(a={1, 2})]",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_output_is_never_evaluated_and_scores_wrong(text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    example = load_category("simple_python", 1)[0]
+    with pytest.raises(UnsafeOutputError):
+        decode_ast(text)
+    result = score_example(example, text)
+    assert not result["valid"] and result["error_type"] == "ast_decoder:unsafe_expression"
+    irrelevance = score_example(load_category("irrelevance", 1)[0], text)
+    assert not irrelevance["valid"], "call-shaped output counts as a call, as bfcl would decode it"
+    assert decode_step(text, {"f", "cd", "ls"}) == []
+    assert not (tmp_path / "CANARY").exists()
+
+
+def test_the_canary_test_can_fail(tmp_path, monkeypatch):
+    """bfcl's own decoder runs the BinOp payload: proof that the hostile corpus is a real attack."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        default_decode_ast_prompting(HOSTILE[1])
+    except Exception:
+        pass
+    assert (tmp_path / "CANARY").exists()
+    os.remove(tmp_path / "CANARY")
+
+
+def test_execution_calls_are_reserialized_and_allow_listed():
+    decoded = decode_ast("[cd(folder='docs'), rm(file='x'), exit(), ls(a=[1, 'two'])]")
+    calls, refused = to_execution_calls(decoded, {"cd", "ls"})
+    assert calls == ["cd(folder='docs')", "ls(a=[1, 'two'])"]
+    assert refused == ["rm", "exit"]
+
+
+def test_multi_turn_step_with_hostile_call_executes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert decode_step("[cd(folder=__import__('os').system('touch CANARY'))]", {"cd"}) == []
+    assert decode_step("[cd(folder='x'), touch(file_name='a')]", {"cd"}) == ["cd(folder='x')"]
+    assert not (tmp_path / "CANARY").exists()
+
+
+def test_early_stop_never_fires_on_a_prefix_of_decodable_output():
+    for text in benign_corpus():
+        for end in range(len(text) + 1):
+            assert not cannot_become_calls(text[:end]), (text, text[:end])
+
+
+@pytest.mark.parametrize("text", ["You are an expert in composing functions.", "Sure! Here is the call",
+                                  "1 2 3", "[get_weather(city='Paris')] The weather"])
+def test_early_stop_fires_on_prose(text):
+    assert cannot_become_calls(text)
+    with pytest.raises(DecodeError):
+        decode_ast(text)
