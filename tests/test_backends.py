@@ -1,0 +1,66 @@
+"""The two backends on the embedded gemma-3-270m: deterministic, same prompt rules, batching changes nothing."""
+
+import pytest
+
+from tinyllm_utils.backends import LlamaCppBackend, TransformersBackend
+from tinyllm_utils.data import load_category
+from tinyllm_utils.decoding import cannot_become_calls
+from tinyllm_utils.prompts import first_turn_messages, format_prompt
+from tinyllm_utils.registry import ModelUnavailableError, resolve_model
+
+GEMMA = resolve_model("gemma-3-270m")
+
+
+def prompts(n=3):
+    examples = load_category("simple_python", n, seed=11) + load_category("live_simple", 1, seed=11)
+    return [format_prompt(first_turn_messages(e.entry)[0], "gemma") for e in examples]
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return LlamaCppBackend(GEMMA, max_new_tokens=24, n_ctx=4096)
+
+
+def test_llama_cpp_is_deterministic_and_capped(llama):
+    first, second = llama.generate(prompts()), llama.generate(prompts())
+    assert [g.text for g in first] == [g.text for g in second]
+    assert all(0 < g.completion_tokens <= 24 and g.prompt_tokens > 100 for g in first)
+
+
+def test_stop_when_hopeless_only_cuts_hopeless_text(llama):
+    full = llama.generate(prompts(2))
+    early = llama.generate(prompts(2), stop_when_hopeless=True)
+    for f, e in zip(full, early):
+        assert f.text.startswith(e.text.rstrip())
+        assert e.completion_tokens <= f.completion_tokens
+        if e.stopped_early:
+            assert cannot_become_calls(e.text)
+        else:
+            assert e.text == f.text
+
+
+def test_too_long_prompt_is_reported_not_crashed():
+    backend = LlamaCppBackend(GEMMA, max_new_tokens=8, n_ctx=256)
+    (generation,) = backend.generate([prompts(1)[0]])
+    assert generation.error == "inference:prompt_too_long" and generation.text == ""
+
+
+def test_transformers_batched_equals_one_by_one_and_has_one_bos():
+    backend = TransformersBackend(GEMMA, max_new_tokens=12, batch_size=4)
+    texts = prompts()
+    ids = backend.tokenize(texts[0])
+    assert ids[0] == backend.tokenizer.bos_token_id and ids.count(backend.tokenizer.bos_token_id) == 1
+    batched = backend.generate(texts)
+    backend.batch_size = 1
+    single = backend.generate(texts)
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert all(g.completion_tokens <= 12 for g in batched)
+
+
+def test_missing_hub_model_is_one_clear_error():
+    with pytest.raises(ModelUnavailableError, match="not in the local Hugging Face cache"):
+        TransformersBackend(resolve_model("xlam-2-1b-fc-r"))
+    with pytest.raises(ModelUnavailableError, match="has no GGUF file"):
+        LlamaCppBackend(resolve_model("qwen3-0.6b"))
+    with pytest.raises(ModelUnavailableError, match="unknown model 'gpt-5'"):
+        resolve_model("gpt-5")

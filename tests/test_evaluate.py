@@ -1,0 +1,101 @@
+"""End-to-end evaluation wiring with a fake backend: files on disk, resumption, parameters, multi-turn loop."""
+
+import json
+
+import pytest
+
+from conftest import FakeBackend, render_ground_truth, render_multi_turn_ground_truth
+from tinyllm_utils import evaluate as evaluate_module
+from tinyllm_utils.data import load_category
+from tinyllm_utils.evaluate import EvalConfig, evaluate
+from tinyllm_utils.multi_turn import run_multi_turn
+from tinyllm_utils.results import PredictionWriter, read_jsonl
+
+CATEGORIES = ["simple_python", "parallel", "irrelevance"]
+
+
+def oracle_backend():
+    answers = {}
+    for category in CATEGORIES:
+        for example in load_category(category):
+            question = example.entry["question"][0][-1]["content"].strip()
+            answers[question] = render_ground_truth(example.ground_truth) if example.ground_truth else "No call."
+
+    def reply_for(prompt):
+        return next(answer for question, answer in answers.items() if question + "<end_of_turn>" in prompt)
+    return FakeBackend(reply_for)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    backend = oracle_backend()
+    monkeypatch.setattr(evaluate_module, "make_backend", lambda *args, **kwargs: backend)
+    return backend
+
+
+def test_oracle_scores_full_marks_and_writes_results(fake, tmp_path):
+    config = EvalConfig(categories=CATEGORIES, limit=4, seed=3)
+    metrics = evaluate(config, tmp_path, progress=False)
+    for category in CATEGORIES:
+        assert metrics["categories"][category]["accuracy"] == 1.0
+        rows = read_jsonl(tmp_path / "predictions" / f"{category}.jsonl")
+        assert len(rows) == 4 and all({"id", "raw", "decoded", "valid", "error_type"} <= set(r) for r in rows)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["parameters"]["seed"] == 3 and run["bfcl_eval"] == "2026.3.23"
+    assert {"git", "packages", "hardware", "created"} <= set(run)
+    assert json.loads((tmp_path / "metrics.json").read_text())["categories"]["parallel"]["n"] == 4
+
+
+def test_rerun_skips_finished_entries_and_recovers_a_torn_line(fake, tmp_path):
+    config = EvalConfig(categories=["simple_python"], limit=3)
+    evaluate(config, tmp_path, progress=False)
+    assert fake.calls == 3
+    evaluate(config, tmp_path, progress=False)
+    assert fake.calls == 3  # nothing generated again
+    path = tmp_path / "predictions" / "simple_python.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:25])  # killed while writing the third line
+    metrics = evaluate(config, tmp_path, progress=False)
+    assert fake.calls == 4 and metrics["categories"]["simple_python"]["n"] == 3
+    assert len(read_jsonl(path)) == 3
+
+
+def test_changed_parameters_refuse_to_mix_with_old_predictions(fake, tmp_path):
+    evaluate(EvalConfig(categories=["simple_python"], limit=1), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="max_new_tokens: 256 -> 64"):
+        evaluate(EvalConfig(categories=["simple_python"], limit=1, max_new_tokens=64), tmp_path, progress=False)
+
+
+def test_damaged_prediction_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(ValueError, match="x.jsonl:2"):
+        PredictionWriter(path)
+
+
+def test_unknown_category_is_a_clear_error(fake, tmp_path):
+    with pytest.raises(ValueError, match="unknown BFCL category 'simple_rust'"):
+        evaluate(EvalConfig(categories=["simple_rust"]), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("category", ["multi_turn_base", "multi_turn_miss_func"])
+def test_multi_turn_loop_executes_and_feeds_back_results(category):
+    example = load_category(category, 1, seed=5)[0]
+    replies = [step for turn in render_multi_turn_ground_truth(example) for step in turn]
+    prompts = []
+
+    def reply_for(prompt):
+        prompts.append(prompt)
+        return replies[len(prompts) - 1]
+
+    backend = FakeBackend(reply_for)
+    first = run_multi_turn(example, backend, "gemma")
+    assert first["raw"] == render_multi_turn_ground_truth(example)
+    assert any("<start_of_turn>tool\n" in p for p in prompts)  # execution results went back to the model
+    if example.entry.get("missed_function"):  # held-out functions are offered at their turn
+        assert "I have updated some more functions" in prompts[-1]
+    # Fresh API state per entry: the same conversation again gives the same tool results
+    prompts_first = list(prompts)
+    prompts.clear()
+    run_multi_turn(example, backend, "gemma")
+    assert prompts == prompts_first
