@@ -99,3 +99,15 @@ def test_multi_turn_loop_executes_and_feeds_back_results(category):
     prompts.clear()
     run_multi_turn(example, backend, "gemma")
     assert prompts == prompts_first
+
+
+def test_rescoring_from_disk_agrees_and_detects_tampering(fake, tmp_path):
+    from tinyllm_utils.evaluate import rescore
+
+    evaluate(EvalConfig(categories=["simple_python", "irrelevance"], limit=3), tmp_path, progress=False)
+    assert rescore(tmp_path)["changed"] == []
+    path = tmp_path / "predictions" / "simple_python.jsonl"
+    rows = read_jsonl(path)
+    rows[0]["raw"] = "I would rather not."
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert rescore(tmp_path)["changed"] == [rows[0]["id"]]

@@ -3,7 +3,8 @@
     python -m tinyllm_utils.evaluate --model gemma-3-270m --categories simple_python irrelevance --limit 20
 
 writes `<out>/run.json`, `<out>/predictions/<category>.jsonl` and `<out>/metrics.json`. A rerun with the same
-parameters skips entries already on disk, so an interrupted run resumes where it stopped.
+parameters skips entries already on disk, so an interrupted run resumes where it stopped. `--rescore` scores
+the saved raw outputs again from disk alone and reports any verdict that differs.
 """
 
 from __future__ import annotations
@@ -120,6 +121,23 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
     return metrics
 
 
+def rescore(out_dir: str | Path) -> dict:
+    """Score saved raw outputs again, from disk alone; returns metrics and the ids whose verdict changed."""
+    out_dir = Path(out_dir)
+    predictions, changed = {}, []
+    for path in sorted((out_dir / "predictions").glob("*.jsonl")):
+        rows = read_jsonl(path)
+        examples = {e.id: e for e in load_category(path.stem)}
+        for row in rows:
+            if (row.get("error_type") or "").startswith(("inference:", "multi_turn:force_terminated")):
+                continue  # no answer was generated; nothing to score
+            fresh = score_example(examples[row["id"]], row["raw"])
+            if fresh["valid"] != row["valid"] or fresh["error_type"] != row["error_type"]:
+                changed.append(row["id"])
+        predictions[path.stem] = rows
+    return {"metrics": aggregate.summarize(predictions), "changed": changed}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma-3-270m")
@@ -132,7 +150,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-early-stop", action="store_true", help="always generate to end of turn or the cap")
     parser.add_argument("--out", required=True, help="output folder, e.g. outputs/my_run/01_baseline_evaluation/gemma-3-270m")
+    parser.add_argument("--rescore", action="store_true", help="only re-score the raw outputs saved in --out")
     args = parser.parse_args(argv)
+    if args.rescore:
+        result = rescore(args.out)
+        print(aggregate.format_table(result["metrics"]))
+        print(f"verdicts changed on re-scoring: {len(result['changed'])} {result['changed'][:20]}")
+        raise SystemExit(1 if result["changed"] else 0)
     config = EvalConfig(args.model, args.categories, args.limit, args.multi_turn_limit, args.seed, args.backend,
                         args.max_new_tokens, args.batch_size, not args.no_early_stop)
     metrics = evaluate(config, args.out)
