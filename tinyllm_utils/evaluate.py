@@ -76,9 +76,13 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
     categories = expand_categories(config.categories)
     spec = resolve_model(config.model)
     _check_resumable(out_dir, config)
-    write_json_atomic(out_dir / "run.json", manifest(
-        asdict(config) | {"categories": categories}, prediction_keys=config.prediction_keys(),
-        model_spec=asdict(spec), bfcl_eval=BFCL_EVAL_VERSION))
+    run = manifest(asdict(config) | {"categories": categories}, prediction_keys=config.prediction_keys(),
+                   model_spec=asdict(spec), bfcl_eval=BFCL_EVAL_VERSION)
+    if (out_dir / "run.json").exists():  # a resumed run keeps the history of when and how it was started
+        previous = json.loads((out_dir / "run.json").read_text())
+        run["started"] = previous.get("started", previous["created"])
+        run["backend"] = previous.get("backend")
+    write_json_atomic(out_dir / "run.json", run)
 
     backend = None
     selected: dict[str, list[str]] = {}
