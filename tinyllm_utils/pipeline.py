@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -63,6 +64,8 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
         papermill.execute_notebook(
             str(NOTEBOOK_DIR / f"{stage}.ipynb"), str(out / f"{stage}.ipynb"), parameters=parameters,
             cwd=str(PROJECT_ROOT), progress_bar=progress, kernel_name="python3",
+            # forward the notebook's own output (per-entry progress bars) to this terminal
+            stdout_file=sys.stdout if progress else None, stderr_file=sys.stderr if progress else None,
         )
         write_json_atomic(marker, {"parameters": parameters, "seconds": round(time.time() - start, 1)})
         print(f"[{index}/{len(plan)}] {stage}: done in {time.time() - start:.0f} s")
