@@ -1,7 +1,8 @@
 """Turn model text into function calls without ever running it.
 
-Model output is untrusted. bfcl-eval's own decoder `eval()`s BinOp and Lambda argument expressions, and its
-multi-turn executor `eval()`s whole call strings behind a short denylist, so neither sees raw model text:
+Model output is untrusted. bfcl-eval's own decoder runs BinOp and Lambda argument expressions through Python's
+eval, and its multi-turn executor evaluates whole call strings behind a short denylist, so neither sees raw
+model text:
 
 * `decode_ast` parses Python-style output with `ast` into `[{name: {arg: literal}}]`, BFCL's decoded shape,
   accepting only literal argument values (constants, negative numbers, lists, tuples, dicts, bare names,
