@@ -85,11 +85,11 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
     write_json_atomic(out_dir / "run.json", run)
 
     backend = None
-    selected: dict[str, list[str]] = {}
+    selected: dict[str, set[str]] = {}
     for category in categories:
         limit = config.multi_turn_limit if is_multi_turn(category) else config.limit
         examples = load_category(category, limit, config.seed)
-        selected[category] = [e.id for e in examples]
+        selected[category] = {e.id for e in examples}
         writer = PredictionWriter(out_dir / "predictions" / f"{category}.jsonl")
         todo = [e for e in examples if e.id not in writer.done]
         if not todo:
@@ -117,7 +117,8 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
                     bar.update()
         bar.close()
 
-    predictions = {c: [row for row in read_jsonl(out_dir / "predictions" / f"{c}.jsonl") if row["id"] in set(ids)]
+    # Only the entries of this configuration count, even if the folder holds more (e.g. an earlier larger limit).
+    predictions = {c: [row for row in read_jsonl(out_dir / "predictions" / f"{c}.jsonl") if row["id"] in ids]
                    for c, ids in selected.items()}
     metrics = aggregate.summarize(predictions)
     metrics["model"] = spec.name
