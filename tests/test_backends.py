@@ -64,3 +64,7 @@ def test_missing_hub_model_is_one_clear_error():
         LlamaCppBackend(resolve_model("qwen3-0.6b"))
     with pytest.raises(ModelUnavailableError, match="unknown model 'gpt-5'"):
         resolve_model("gpt-5")
+    unlisted = resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")  # any hub id, same thin path
+    assert (unlisted.source, unlisted.prompt_format) == ("hub", "chat_template")
+    with pytest.raises(ModelUnavailableError, match="not in the local Hugging Face cache"):
+        TransformersBackend(unlisted)

@@ -1,7 +1,7 @@
 """The model registry: which models the study knows, where their weights come from, how to prompt them.
 
 Entries live in `configs/models.yaml`. A name not in the registry is accepted when it is a local folder
-(a Hugging Face checkpoint, prompted with its chat template) or a `.gguf` file.
+(a Hugging Face checkpoint, prompted with its chat template), a `.gguf` file, or a Hugging Face id (org/name).
 """
 
 from __future__ import annotations
@@ -63,7 +63,11 @@ def resolve_model(name_or_path: str) -> ModelSpec:
         prompt_format = "gemma" if path.suffix == ".gguf" else "chat_template"
         return ModelSpec(name=path.stem if path.is_file() else path.name, source="local",
                          prompt_format=prompt_format, path=str(path.resolve()))
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+        # Any other Hugging Face id: loaded through transformers with its chat template when the hub is there.
+        return ModelSpec(name=name_or_path.split("/")[1].lower(), source="hub", prompt_format="chat_template",
+                         hf_id=name_or_path)
     raise ModelUnavailableError(
         f"unknown model {name_or_path!r}: use a registry name ({', '.join(registry)}), "
-        "a Hugging Face id listed there, or a local checkpoint folder / .gguf file"
+        "a Hugging Face id (org/name), or a local checkpoint folder / .gguf file"
     )
