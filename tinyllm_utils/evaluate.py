@@ -22,7 +22,7 @@ from tinyllm_utils.bfcl import BFCL_EVAL_VERSION
 from tinyllm_utils.data import expand_categories, is_multi_turn, language_of, load_category
 from tinyllm_utils.multi_turn import run_multi_turn
 from tinyllm_utils.prompts import first_turn_messages, format_prompt
-from tinyllm_utils.registry import resolve_model
+from tinyllm_utils.registry import ModelUnavailableError, resolve_model
 from tinyllm_utils.results import PredictionWriter, manifest, read_jsonl, write_json_atomic
 from tinyllm_utils.scoring import score_example
 
@@ -164,7 +164,10 @@ def main(argv=None) -> None:
         raise SystemExit(1 if result["changed"] else 0)
     config = EvalConfig(args.model, args.categories, args.limit, args.multi_turn_limit, args.seed, args.backend,
                         args.max_new_tokens, args.batch_size, not args.no_early_stop)
-    metrics = evaluate(config, args.out)
+    try:
+        metrics = evaluate(config, args.out)
+    except ModelUnavailableError as exc:
+        raise SystemExit(f"error: {exc}") from None  # one clear line, not a traceback
     print(aggregate.format_table(metrics))
 
 
