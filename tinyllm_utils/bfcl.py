@@ -47,6 +47,7 @@ from bfcl_eval.constants.category_mapping import (  # noqa: E402
     VERSION_PREFIX,
 )
 from bfcl_eval.constants.enums import Language  # noqa: E402
+from bfcl_eval.constants.eval_config import PROMPT_PATH  # noqa: E402  (bfcl-eval's data folder)
 from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker  # noqa: E402
 from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils  # noqa: E402
 from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker  # noqa: E402
@@ -60,7 +61,9 @@ from bfcl_eval.utils import (  # noqa: E402
     is_empty_output,
     is_function_calling_format_output,
     load_dataset_entry,
+    load_file,
     load_ground_truth_entry,
+    populate_test_cases_with_predefined_functions,
 )
 
 BFCL_EVAL_VERSION = version("bfcl-eval")
@@ -92,6 +95,7 @@ __all__ = [
     "MAXIMUM_STEP_LIMIT",
     "MULTI_TURN_CATEGORY",
     "NON_LIVE_CATEGORY",
+    "PROMPT_PATH",
     "VERSION_PREFIX",
     "ast_checker",
     "clear_api_state",
@@ -100,9 +104,11 @@ __all__ = [
     "is_empty_output",
     "is_function_calling_format_output",
     "load_dataset_entry",
+    "load_file",
     "load_ground_truth_entry",
     "multi_turn_checker",
     "parse_java_function_call",
     "parse_javascript_function_call",
+    "populate_test_cases_with_predefined_functions",
     "system_prompt_pre_processing_chat_model",
 ]

@@ -31,7 +31,14 @@ from pathlib import Path
 import pandas as pd
 
 from tinyllm_utils.data import Example
-from tinyllm_utils.prompts import first_turn_messages, format_example, format_prompt
+from tinyllm_utils.prompts import (  # noqa: F401  (NO_CALL_ANSWER, render_calls: re-exported for callers)
+    NO_CALL_ANSWER,
+    answer_text,
+    first_turn_messages,
+    format_example,
+    format_prompt,
+    render_calls,
+)
 from tinyllm_utils.registry import ModelSpec, ModelUnavailableError, resolve_model
 from tinyllm_utils.results import PredictionWriter, manifest, read_jsonl, write_json_atomic
 from tinyllm_utils.scoring import score_single_turn
@@ -40,8 +47,6 @@ CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irr
 MODEL_GENERATION = "model_generation"
 SYNTHETIC_KINDS = ("wrong_function", "missing_required", "wrong_value", "extra_call", "call_on_irrelevance")
 KINDS = (MODEL_GENERATION, *SYNTHETIC_KINDS)
-# BFCL's system prompt asks the model to "point it out" when no function fits; a sentence with no call syntax.
-NO_CALL_ANSWER = "None of the provided functions can answer this request."
 AGREE = {"ok", "agree", "y", "yes", "good", "correct", "keep"}
 DISPUTE = {"bad", "disagree", "n", "no", "wrong", "drop"}
 REVIEW_COLUMNS = ["pair_id", "kind", "question", "chosen", "rejected", "checker_error", "verdict", "note"]
@@ -147,18 +152,8 @@ def row_example(row: dict) -> Example:
     return Example(row["id"], row["category"], entry, entry, ground_truth)
 
 
-def render_calls(calls: list[dict]) -> str:
-    """`[{name: {arg: value}}]` as the Python call list the evaluation expects: `[f(a=1), g(b='x')]`."""
-    rendered = []
-    for call in calls:
-        for name, args in call.items():
-            rendered.append(f"{name}(" + ", ".join(f"{arg}={value!r}" for arg, value in args.items()) + ")")
-    return "[" + ", ".join(rendered) + "]"
-
-
 def reference_text(row: dict) -> str:
-    calls = json.loads(row["target"])
-    return render_calls(calls) if calls else NO_CALL_ANSWER
+    return answer_text(json.loads(row["target"]))
 
 
 def question_text(row: dict) -> str:

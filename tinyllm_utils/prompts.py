@@ -59,3 +59,21 @@ def format_example(messages: list[dict], completion: str, prompt_format: str, to
     """A (prompt, completion) pair in exactly the evaluation format, for SFT rows and DPO pairs."""
     end = "<end_of_turn>" if prompt_format == "gemma" else (getattr(tokenizer, "eos_token", "") or "")
     return {"prompt": format_prompt(messages, prompt_format, tokenizer), "completion": completion + end}
+
+
+# BFCL's system prompt asks the model to "point it out" when no function fits; a sentence with no call syntax.
+NO_CALL_ANSWER = "None of the provided functions can answer this request."
+
+
+def render_calls(calls: list[dict]) -> str:
+    """`[{name: {arg: value}}]` as the Python call list the evaluation expects: `[f(a=1), g(b='x')]`."""
+    rendered = []
+    for call in calls:
+        for name, args in call.items():
+            rendered.append(f"{name}(" + ", ".join(f"{arg}={value!r}" for arg, value in args.items()) + ")")
+    return "[" + ", ".join(rendered) + "]"
+
+
+def answer_text(calls: list[dict]) -> str:
+    """The reference completion for a target: its call list, or the no-call sentence when it is empty."""
+    return render_calls(calls) if calls else NO_CALL_ANSWER
