@@ -1,6 +1,7 @@
 """Stage 02: sources, every filter rule on crafted rows, decontamination, split, augmentation, saved contract."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,12 @@ def test_reference_call_text_is_parsed_to_literals_and_expressions_are_rejected(
 def test_malformed_function_docs_are_rejected_not_crashing():
     r = row([{"get_weather": {"city": "Paris"}}], functions=["not a doc"])
     assert td.check_target_parses(r) == ("functions", "expected a list of function docs with a name")
+
+
+def test_a_row_with_a_broken_doc_is_rejected_by_the_rule_that_met_it():
+    broken = row([{"get_weather": {"city": "Paris"}}], functions=[{"name": "get_weather", "parameters": ["city"]}])
+    kept, rejected = td.apply_check([broken], "required_arguments")
+    assert not kept and rejected[0]["rule"] == "required_arguments" and "malformed row" in rejected[0]["reason"]
 
 
 def test_exact_and_near_duplicates_are_removed_and_point_at_the_kept_row():
@@ -204,3 +211,17 @@ def test_the_stage_saves_the_stage03_contract_and_loses_no_row(tmp_path):
     rows = pairs.select_rows(dataset, limit=10, seed=0)
     verified, failures = pairs.verify_chosen(rows)
     assert not failures and len(verified) == len(rows)
+
+
+def test_user_datasets_join_the_same_filters_and_converter_rejections_are_counted():
+    fixtures = Path(__file__).parent / "fixtures" / "converters"
+    config = td.DataConfig(bfcl_sources=[], augment={}, validation_fraction=0.3,
+                           user_datasets=[{"path": str(fixtures / "xlam.json"), "format": "xlam"},
+                                          {"path": str(fixtures / "glaive.jsonl"), "format": "glaive"}])
+    result = td.build_dataset(config, progress=False)
+    report = result["filter_report"].set_index("step")
+    converted = [r for r in result["rejected"] if r["rule"] == "convert"]
+    assert converted and report.loc["converted", "removed"] == len(converted)
+    kept = [r for rows in result["splits"].values() for r in rows]
+    assert kept and {r["source"] for r in kept} <= {"xlam", "glaive"}
+    assert report.loc["converted", "rows_in"] == len(kept) + len(result["rejected"])

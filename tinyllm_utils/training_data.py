@@ -388,7 +388,10 @@ ROW_CHECKS = {"target_parses": check_target_parses, "function_exists": check_fun
 def apply_check(rows: list[dict], rule: str) -> tuple[list[dict], list[dict]]:
     kept, rejected = [], []
     for row in rows:
-        problem = ROW_CHECKS[rule](row)
+        try:
+            problem = ROW_CHECKS[rule](row)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a malformed doc or target: reject it
+            problem = ("functions", f"malformed row ({type(exc).__name__}: {exc})")
         if problem:
             rejected.append(reject(row, rule, *problem))
         else:
