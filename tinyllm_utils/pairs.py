@@ -97,7 +97,7 @@ def load_stage02(data_dir: str | Path):
     if not (data_dir / "dataset_dict.json").exists():
         raise MissingInputError(
             f"no stage-02 dataset at {data_dir}: run stage 02 first (notebooks/02_data_filtering.ipynb, e.g. "
-            "`python -m tinyllm_utils.pipeline --profile smoke --stages 02_data_filtering`), or pass data_dir")
+            "`python -m tinyllm_utils.pipeline --profile smoke --stages 02_data_filtering`)")
     return load_from_disk(str(data_dir))
 
 
@@ -180,7 +180,9 @@ def verify_chosen(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def _row_key(row: dict) -> str:
-    return f"{row['split']}/{row['id']}"
+    # the prompt's content is part of the key: a rerun of stage 02 that changes a row never reuses a stale answer
+    content = hashlib.sha256((row["messages"] + row["functions"]).encode()).hexdigest()[:12]
+    return f"{row['split']}/{row['id']}/{content}"
 
 
 def generation_cache_path(stage_dir: str | Path, config: PairConfig) -> Path:
@@ -485,6 +487,7 @@ def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
         frame.to_csv(tmp, index=False)
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes owner-only files
     os.replace(tmp.name, path)
 
 

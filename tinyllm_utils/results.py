@@ -28,6 +28,7 @@ def write_json_atomic(path: Path, data) -> None:
         json.dump(data, tmp, indent=2, default=str)
         tmp.flush()
         os.fsync(tmp.fileno())
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes owner-only files
     os.replace(tmp.name, path)
 
 
@@ -61,6 +62,7 @@ class PredictionWriter:
         with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False) as tmp:
             for row in existing:
                 tmp.write(json.dumps(row, default=str) + "\n")
+        os.chmod(tmp.name, 0o644)
         os.replace(tmp.name, self.path)
         self.done = {row["id"]: row for row in existing}
 
