@@ -4,8 +4,8 @@ import os
 
 import pytest
 from bfcl_eval.model_handler.utils import default_decode_ast_prompting
-
 from conftest import render_ground_truth
+
 from tinyllm_utils.data import load_category
 from tinyllm_utils.decoding import (
     DecodeError,

@@ -1,8 +1,8 @@
 """environment.yml (conda users) and pyproject.toml (pip) must list the same dependencies."""
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

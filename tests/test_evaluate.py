@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import FakeBackend, render_ground_truth, render_multi_turn_ground_truth
+
 from tinyllm_utils import evaluate as evaluate_module
 from tinyllm_utils.data import load_category
 from tinyllm_utils.evaluate import EvalConfig, evaluate

@@ -1,12 +1,13 @@
-"""Notebooks: committed clean, defaults equal the smoke profile, and the smoke pipeline runs end to end."""
+"""Notebooks: committed clean, defaults equal the smoke profile, and the smoke pipeline (01 -> 02 -> 03) runs."""
 
 import ast
+import csv
 import json
-from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
+from datasets import load_from_disk
 
 from tinyllm_utils.pipeline import NOTEBOOK_DIR, load_profiles, run_pipeline
 
@@ -46,6 +47,22 @@ def test_smoke_pipeline_runs_end_to_end_and_resumes(tmp_path, capsys):
         expected = smoke["multi_turn_limit"] if category.startswith("multi_turn") else smoke["limit"]
         lines = (stage / "gemma-3-270m" / "predictions" / f"{category}.jsonl").read_text().splitlines()
         assert m["n"] == expected == len(lines)
+
+    data = run_root / "02_data_filtering"
+    report = {r["step"]: r for r in csv.DictReader((data / "filter_report.csv").open())}
+    assert int(report["decontamination"]["removed"]) >= 398  # chatable and multi_turn_composite, measured
+    dataset = load_from_disk(str(data / "dataset"))
+    assert len(dataset["train"]) > 100 and len(dataset["validation"]) > 20
+
+    pairs_dir = run_root / "03_pair_construction"
+    saved = load_from_disk(str(pairs_dir / "pairs"))
+    assert sum(len(split) for split in saved.values()) >= load_profiles()["smoke"]["stages"][
+        "03_pair_construction"]["limit"]
+    for split in saved.values():
+        for pair in split:
+            assert pair["prompt"].endswith("<start_of_turn>model\n") and pair["chosen"] != pair["rejected"]
+    assert (pairs_dir / "review_sample.csv").exists() and (pairs_dir / "DONE.json").exists()
+
     capsys.readouterr()
     run_pipeline("smoke", run_id="smoke-test", output_root=tmp_path, progress=False)
     assert "already done, skipped" in capsys.readouterr().out

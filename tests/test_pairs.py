@@ -6,8 +6,8 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-
 from conftest import FakeBackend
+
 from tinyllm_utils import pairs
 from tinyllm_utils.data import load_category
 from tinyllm_utils.prompts import first_turn_messages, format_prompt
@@ -267,7 +267,7 @@ def test_real_rejecter_on_two_rows(candidates, tmp_path):
     for pair, outcome in zip(built, outcomes):
         if outcome["outcome"] == "used":
             assert pair["kind"] == pairs.MODEL_GENERATION
-            assert pair["rejected"] == generations[f"{pair['split']}/{pair['id']}"].rstrip()
+            assert pair["rejected"] == generations[pairs._row_key(pair)].rstrip()
 
 
 def test_statistics_tables_and_figure(candidates):

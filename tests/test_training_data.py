@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyllm_utils import pairs, training_data as td
+from tinyllm_utils import pairs
+from tinyllm_utils import training_data as td
 from tinyllm_utils.data import load_category
 
 DOC = {"name": "get_weather", "description": "Weather for a city.",

@@ -219,3 +219,17 @@ class TransformersBackend:
         return {"backend": self.name, "transformers": transformers.__version__, "torch": torch.__version__,
                 "source": self.source, "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
                 "torch_threads": torch.get_num_threads()}
+
+
+def prompt_tokenizer(spec: ModelSpec):
+    """The tokenizer `format_prompt` needs for `chat_template` models (gemma-format models need none)."""
+    if spec.prompt_format != "chat_template":
+        return None
+    from transformers import AutoTokenizer
+
+    source = spec.path or spec.hf_id
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise ModelUnavailableError(f"cannot load the tokenizer of {spec.name!r} from {source!r} to format its "
+                                    f"prompts ({str(exc).splitlines()[0]})") from None

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tinyllm_utils.backends import prompt_tokenizer  # noqa: F401  (re-exported for the notebook)
 from tinyllm_utils.data import Example
 from tinyllm_utils.prompts import (  # noqa: F401  (NO_CALL_ANSWER, render_calls: re-exported for callers)
     NO_CALL_ANSWER,
@@ -39,9 +40,11 @@ from tinyllm_utils.prompts import (  # noqa: F401  (NO_CALL_ANSWER, render_calls
     format_prompt,
     render_calls,
 )
-from tinyllm_utils.registry import ModelSpec, ModelUnavailableError, resolve_model
+from tinyllm_utils.registry import resolve_model
 from tinyllm_utils.results import PredictionWriter, manifest, read_jsonl, write_json_atomic
 from tinyllm_utils.scoring import score_single_turn
+from tinyllm_utils.training_data import row_entry as _entry
+from tinyllm_utils.training_data import row_example
 
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
 MODEL_GENERATION = "model_generation"
@@ -123,33 +126,6 @@ def select_rows(dataset, limit: int | None = None, seed: int = 0) -> list[dict]:
             indices = sorted(picked)
         rows.extend(dict(data[i], split=split) for i in indices)
     return rows
-
-
-def _entry(row: dict) -> dict:
-    return {"id": row["id"], "question": [json.loads(row["messages"])], "function": json.loads(row["functions"])}
-
-
-def _possible_answer(value, schema: dict) -> list:
-    """One concrete value in BFCL's possible-answer form: a one-element list of acceptable values; the
-    checker reads dict parameters (and lists of dicts) one level deeper, key -> list of values."""
-    if schema.get("type") == "dict" and isinstance(value, dict):
-        return [{k: [v] for k, v in value.items()}]
-    if schema.get("type") == "array" and schema.get("items", {}).get("type") == "dict" and isinstance(value, list) \
-            and all(isinstance(v, dict) for v in value):
-        return [[{k: [v] for k, v in item.items()} for item in value]]
-    return [value]
-
-
-def row_example(row: dict) -> Example:
-    """A stage-02 row as an `Example` the official checker scores (target -> BFCL possible answers)."""
-    entry = _entry(row)
-    ground_truth = None
-    if row["category"] != "irrelevance":
-        docs = {f["name"]: f["parameters"].get("properties", {}) for f in entry["function"]}
-        ground_truth = [{name: {arg: _possible_answer(value, docs.get(name, {}).get(arg, {}))
-                                for arg, value in args.items()}}
-                        for call in json.loads(row["target"]) for name, args in call.items()]
-    return Example(row["id"], row["category"], entry, entry, ground_truth)
 
 
 def reference_text(row: dict) -> str:
@@ -548,20 +524,6 @@ def file_sha256(path: str | Path) -> str:
 # ---------------------------------------------------------------- output: the preference dataset
 
 
-def prompt_tokenizer(spec: ModelSpec):
-    """The tokenizer `format_prompt` needs for `chat_template` models (gemma-format models need none)."""
-    if spec.prompt_format != "chat_template":
-        return None
-    from transformers import AutoTokenizer
-
-    source = spec.path or spec.hf_id
-    try:
-        return AutoTokenizer.from_pretrained(source)
-    except OSError as exc:
-        raise ModelUnavailableError(f"cannot load the tokenizer of {spec.name!r} from {source!r} to format its "
-                                    f"prompts ({str(exc).splitlines()[0]})") from None
-
-
 def to_preference_dataset(pairs: list[dict], prompt_format: str, tokenizer=None, splits=("train", "validation")):
     """TRL's standard preference format in the evaluation prompt format: `prompt` is what evaluation feeds
     the model, `chosen`/`rejected` are completions ending with the end-of-turn marker (format_example)."""
@@ -653,21 +615,12 @@ def bfcl_rows_as_stage02(categories=CATEGORIES, per_category: int = 3, seed: int
     from datasets import Dataset, DatasetDict
 
     from tinyllm_utils.data import load_category
-
-    def first_option(options):
-        chosen = next((o for o in options if o != ""), None)
-        if isinstance(chosen, dict):  # dict values are lists of options again
-            return {k: first_option(v) if isinstance(v, list) else v for k, v in chosen.items()}
-        if isinstance(chosen, list) and chosen and all(isinstance(v, dict) for v in chosen):
-            return [first_option([v]) for v in chosen]
-        return chosen
+    from tinyllm_utils.training_data import possible_answer_as_calls
 
     rows: dict[str, list[dict]] = {split: [] for split in splits}
     for category in categories:
         for number, example in enumerate(load_category(category, per_category, seed)):
-            target = [{name: {arg: value for arg, options in args.items()
-                              if (value := first_option(options)) is not None}}
-                      for call in example.ground_truth or [] for name, args in call.items()]
+            target = possible_answer_as_calls(example.ground_truth or [])
             rows[splits[number % len(splits)]].append({
                 "id": example.id, "source": "bfcl", "category": category,
                 "messages": json.dumps(example.entry["question"][0]),

@@ -33,7 +33,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from tinyllm_utils import bfcl
-from tinyllm_utils.data import ALL_CATEGORIES
+from tinyllm_utils.data import ALL_CATEGORIES, Example
 from tinyllm_utils.decoding import DecodeError, decode_ast
 from tinyllm_utils.prompts import answer_text, first_turn_messages, format_prompt
 from tinyllm_utils.results import manifest, write_json_atomic
@@ -370,8 +370,6 @@ def check_argument_types(row: dict) -> tuple[str, str] | None:
 
 def check_checker_accepts(row: dict) -> tuple[str, str] | None:
     """The last word: bfcl-eval's official checker accepts the reference answer (stage 03 relies on it)."""
-    from tinyllm_utils.pairs import row_example
-
     record = {"id": row["id"], "category": category_of(row), "messages": json.dumps(row["messages"]),
               "functions": json.dumps(row["functions"]), "target": json.dumps(row["target"])}
     scored = score_single_turn(row_example(record), answer_text(row["target"]))
@@ -397,6 +395,38 @@ def apply_check(rows: list[dict], rule: str) -> tuple[list[dict], list[dict]]:
         else:
             kept.append(row)
     return kept, rejected
+
+
+# ---------------------------------------------------------------- saved rows as BFCL entries
+
+
+def row_entry(row: dict) -> dict:
+    """A saved row (JSON columns) as a BFCL entry: id, question (one turn), function docs."""
+    return {"id": row["id"], "question": [json.loads(row["messages"])], "function": json.loads(row["functions"])}
+
+
+def _possible_answer(value, schema: dict) -> list:
+    """One concrete value in BFCL's possible-answer form: a one-element list of acceptable values; the
+    checker reads dict parameters (and lists of dicts) one level deeper, key -> list of values."""
+    if schema.get("type") == "dict" and isinstance(value, dict):
+        return [{k: [v] for k, v in value.items()}]
+    if schema.get("type") == "array" and schema.get("items", {}).get("type") == "dict" and isinstance(value, list) \
+            and all(isinstance(v, dict) for v in value):
+        return [[{k: [v] for k, v in item.items()} for item in value]]
+    return [value]
+
+
+def row_example(row: dict) -> Example:
+    """A stage-02 row as an `Example` the official checker scores (target -> BFCL possible answers)."""
+    entry = row_entry(row)
+    ground_truth = None
+    if row["category"] != "irrelevance":
+        docs = {f["name"]: f["parameters"].get("properties", {}) for f in entry["function"]}
+        ground_truth = [{name: {arg: _possible_answer(value, docs.get(name, {}).get(arg, {}))
+                                for arg, value in args.items()}}
+                        for call in json.loads(row["target"]) for name, args in call.items()]
+    return Example(row["id"], row["category"], entry, entry, ground_truth)
+
 
 
 # ---------------------------------------------------------------- duplicates and length
@@ -450,7 +480,7 @@ def prompt_of(row: dict, prompt_format: str = "gemma", tokenizer=None) -> str:
 
 def token_counter(model: str):
     """A function text -> token count with the model's own tokenizer (llama.cpp vocab for GGUF models)."""
-    from tinyllm_utils.pairs import prompt_tokenizer
+    from tinyllm_utils.backends import prompt_tokenizer
     from tinyllm_utils.registry import resolve_model
 
     spec = resolve_model(model)

@@ -1,5 +1,6 @@
 """Regenerate notebooks/02_data_filtering.ipynb (clean, no outputs): python notebooks/build/make_02.py"""
 
+import hashlib
 from pathlib import Path
 
 import nbformat
@@ -126,6 +127,8 @@ def build() -> nbformat.NotebookNode:
             if kind == "params":
                 cell.metadata["tags"] = ["parameters"]
             nb.cells.append(cell)
+    for number, cell in enumerate(nb.cells):
+        cell.id = hashlib.sha256(f"02_data_filtering:{number}".encode()).hexdigest()[:8]  # stable on rebuild
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
