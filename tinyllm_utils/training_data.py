@@ -713,6 +713,7 @@ def plot_lengths(splits: dict[str, list[dict]]):
     sns.histplot(frame, x="prompt tokens", hue="split", multiple="stack", bins=30, ax=ax)
     ax.set_title("Prompt length (BFCL system prompt + functions + question), model tokens")
     fig.tight_layout()
+    plt.close(fig)  # the caller shows the returned figure once
     return fig
 
 
