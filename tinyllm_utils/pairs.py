@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,7 +39,7 @@ from tinyllm_utils.prompts import (  # noqa: F401  (NO_CALL_ANSWER, render_calls
     render_calls,
 )
 from tinyllm_utils.registry import resolve_model
-from tinyllm_utils.results import PredictionWriter, manifest, read_jsonl, write_json_atomic
+from tinyllm_utils.results import PredictionWriter, manifest, read_jsonl, write_json_atomic, write_text_atomic
 from tinyllm_utils.scoring import score_single_turn
 from tinyllm_utils.training_data import row_entry as _entry
 from tinyllm_utils.training_data import row_example
@@ -460,11 +458,7 @@ def review_sample(pairs: list[dict], per_kind: int, seed: int = 0) -> pd.DataFra
 
 
 def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-        frame.to_csv(tmp, index=False)
-    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes owner-only files
-    os.replace(tmp.name, path)
+    write_text_atomic(path, frame.to_csv(index=False))
 
 
 def read_review(csv_path: str | Path) -> pd.DataFrame:

