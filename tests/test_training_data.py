@@ -226,3 +226,10 @@ def test_user_datasets_join_the_same_filters_and_converter_rejections_are_counte
     kept = [r for rows in result["splits"].values() for r in rows]
     assert kept and {r["source"] for r in kept} <= {"xlam", "glaive"}
     assert report.loc["converted", "rows_in"] == len(kept) + len(result["rejected"])
+
+
+def test_decontamination_reasons_do_not_depend_on_the_hash_seed(index):
+    # chatable_4 is in both simple_python and multiple: the reason names the category listed first
+    row = next(r for r in td.load_bfcl_source("chatable") if r["id"] == "bfcl_chatable_4")
+    _, rejected, _ = td.decontaminate([row], index, threshold=0.5, progress=False)
+    assert rejected[0]["reason"].endswith("BFCL simple_python")

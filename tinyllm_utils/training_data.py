@@ -247,7 +247,9 @@ def decontaminate(rows: list[dict], index: BenchmarkIndex, threshold: float, pro
             report[(row["source"], category, "identical_user_turn")] += category in found["exact"]
             report[(row["source"], category, "identical_function_doc")] += category in found["docs"]
         if found["flagged"]:
-            worst = max(found["ngram"].items(), key=lambda kv: kv[1], default=(None, 0.0))
+            # ties go to the category listed first, so the reason does not depend on set order (hash seed)
+            worst = max(found["ngram"].items(), key=lambda kv: (kv[1], -index.categories.index(kv[0])),
+                        default=(None, 0.0))
             why = (f"{worst[1]:.0%} of a user turn's {index.n}-grams occur in BFCL {worst[0]}"
                    if worst[1] >= threshold else f"a function doc is identical to one in BFCL {sorted(found['docs'])}")
             rejected.append(reject(row, "decontamination", "messages" if worst[1] >= threshold else "functions", why))
