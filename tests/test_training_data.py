@@ -196,7 +196,8 @@ def test_the_stage_saves_the_stage03_contract_and_loses_no_row(tmp_path):
     report = result["filter_report"]
     assert report["rows_out"].iloc[-1] == sum(len(r) for r in result["splits"].values()) - sum(
         1 for rows in result["splits"].values() for r in rows if r["augmentation"])
-    assert report["rows_in"].iloc[0] == report["rows_out"].iloc[-1] + len(result["rejected"])
+    pool_rejected = [r for r in result["rejected"] if not r["id"].startswith("aug_")]  # augmented: not pool rows
+    assert report["rows_in"].iloc[0] == report["rows_out"].iloc[-1] + len(pool_rejected)
     assert all(r["rule"] and r["field"] and r["reason"] for r in result["rejected"])
     path = td.save_dataset(result, tmp_path)
     dataset = pairs.load_stage02(path)
@@ -233,3 +234,11 @@ def test_decontamination_reasons_do_not_depend_on_the_hash_seed(index):
     row = next(r for r in td.load_bfcl_source("chatable") if r["id"] == "bfcl_chatable_4")
     _, rejected, _ = td.decontaminate([row], index, threshold=0.5, progress=False)
     assert rejected[0]["reason"].endswith("BFCL simple_python")
+
+
+def test_augmented_rows_meet_the_token_budget_or_are_rejected_with_it():
+    config = td.DataConfig(bfcl_sources=["exec_simple"], augment={"parallel": 0.5}, max_answer_tokens=40)
+    result = td.build_dataset(config, progress=False)
+    assert all(r["answer_tokens"] <= 40 for rows in result["splits"].values() for r in rows)
+    too_long = [r for r in result["rejected"] if r["id"].startswith("aug_") and r["rule"] == "length"]
+    assert too_long and all("tokens > 40" in r["reason"] for r in too_long)

@@ -660,13 +660,12 @@ def build_dataset(config: DataConfig, progress: bool = True) -> dict:
         row["category"], row["augmentation"] = category_of(row), ""
     splits = split_by_function(rows, config.validation_fraction, config.seed)
     for name, split_rows in splits.items():
+        # augmented rows meet the same checker and token budget as the pool; the ones that fail are rejected
         new, removed = apply_check(augment(split_rows, config.augment, config.max_distractors, config.seed, name),
                                    "checker_accepts")
-        rejected += removed
-        for row in new:
-            row["prompt_tokens"] = count_tokens(prompt_of(row, spec.prompt_format, tokenizer))
-            row["answer_tokens"] = count_tokens(answer_text(row["target"]))
-        splits[name] = split_rows + [r for r in new if r["prompt_tokens"] <= config.max_prompt_tokens]
+        new, too_long = filters["length"](new)
+        rejected += removed + too_long
+        splits[name] = split_rows + new
     by_rule_and_source = (pd.DataFrame(rejected, columns=["source", "rule"]).value_counts().rename("removed")
                           .reset_index() if rejected else pd.DataFrame(columns=["source", "rule", "removed"]))
     return {"splits": splits, "rejected": rejected, "filter_report": pd.DataFrame(steps),
