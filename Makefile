@@ -5,16 +5,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 RUN_ID ?= $(PROFILE)
+TORCH ?= torch==2.13.0
 
 .PHONY: install reproduce test figures benchmark clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
+	# CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build. The package metadata
+	# keeps a range, so a GPU machine can install its own CUDA build instead (see the README).
+	$(PY) -m pip install --quiet $(TORCH)
 	# llama-cpp-python compiles from source once (~5 min on 2 cores); pip's wheel cache makes reinstalls fast.
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e .
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
