@@ -72,6 +72,20 @@ ADDITIONAL_FUNCTION_PROMPT = default_prompts.DEFAULT_USER_PROMPT_FOR_ADDITIONAL_
 execute_multi_turn_func_call = multi_turn_utils.execute_multi_turn_func_call
 
 
+def local_inference_handler(name: str, model_name: str = "tinyllm", is_fc_model: bool = False):
+    """A fresh instance of one of bfcl's local-inference handlers, e.g. `"qwen_fc.QwenFCHandler"`.
+
+    Imported on first use (the handlers pull in `openai` for a client that is built but never called here).
+    Only the handler's prompt formatting, message bookkeeping and decoding are used; nothing is served.
+    """
+    import importlib
+
+    module_name, class_name = name.rsplit(".", 1)
+    module = importlib.import_module(f"bfcl_eval.model_handler.local_inference.{module_name}")
+    return getattr(module, class_name)(model_name=model_name, temperature=0.0, registry_name=model_name,
+                                       is_fc_model=is_fc_model)
+
+
 def clear_api_state(model_name: str) -> int:
     """Forget the simulated API instances bfcl cached for `model_name`.
 
@@ -106,6 +120,7 @@ __all__ = [
     "load_dataset_entry",
     "load_file",
     "load_ground_truth_entry",
+    "local_inference_handler",
     "multi_turn_checker",
     "parse_java_function_call",
     "parse_javascript_function_call",

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from tinyllm_utils import aggregate
+from tinyllm_utils import aggregate, model_families
 from tinyllm_utils.backends import make_backend
 from tinyllm_utils.bfcl import BFCL_EVAL_VERSION
 from tinyllm_utils.data import expand_categories, is_multi_turn, language_of, load_category
 from tinyllm_utils.multi_turn import run_multi_turn
-from tinyllm_utils.prompts import first_turn_messages, format_prompt
+from tinyllm_utils.prompts import entry_prompt
 from tinyllm_utils.registry import ModelUnavailableError, resolve_model
 from tinyllm_utils.results import PredictionWriter, manifest, read_jsonl, write_json_atomic
 from tinyllm_utils.scoring import score_example
@@ -61,8 +61,8 @@ def _check_resumable(out_dir: Path, config: EvalConfig) -> None:
                          "use another output folder or delete it")
 
 
-def _row(example, raw, generation_stats: dict) -> dict:
-    scored = score_example(example, raw)
+def _row(example, raw, generation_stats: dict, parser=None) -> dict:
+    scored = score_example(example, raw, parser)
     generation_stats = dict(generation_stats)
     error = generation_stats.pop("error", None)
     if error:  # the model produced no (complete) answer: wrong whatever the category
@@ -75,9 +75,11 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
     out_dir = Path(out_dir)
     categories = expand_categories(config.categories)
     spec = resolve_model(config.model)
+    parser = model_families.parser_for(spec)  # the family's: Python calls, xLAM JSON or Qwen <tool_call>
     _check_resumable(out_dir, config)
     run = manifest(asdict(config) | {"categories": categories}, prediction_keys=config.prediction_keys(),
-                   model_spec=asdict(spec), bfcl_eval=BFCL_EVAL_VERSION)
+                   model_spec=asdict(spec), bfcl_eval=BFCL_EVAL_VERSION, parser=model_families.parser_name(spec),
+                   scoring_path=model_families.scoring_path(spec))
     if (out_dir / "run.json").exists():  # a resumed run keeps the history of when and how it was started
         previous = json.loads((out_dir / "run.json").read_text())
         run["started"] = previous.get("started", previous["created"])
@@ -101,19 +103,19 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
         bar = tqdm(total=len(todo), desc=f"{spec.name} {category}", disable=not progress, unit="entry")
         if is_multi_turn(category):
             for example in todo:
-                result = run_multi_turn(example, backend, spec.prompt_format)
+                result = run_multi_turn(example, backend, spec.prompt_format, spec=spec)
                 raw = result.pop("raw")
-                writer.append(_row(example, raw, result))
+                writer.append(_row(example, raw, result, parser))
                 bar.update()
         else:
-            hopeless_stop = config.stop_when_hopeless and language_of(category) == "python"
+            hopeless_stop = (config.stop_when_hopeless and language_of(category) == "python"
+                             and model_families.early_stop_applies(spec))
             for start in range(0, len(todo), config.batch_size):
                 chunk = todo[start:start + config.batch_size]
-                prompts = [format_prompt(first_turn_messages(e.entry)[0], spec.prompt_format, backend.tokenizer)
-                           for e in chunk]
+                prompts = [entry_prompt(e.entry, spec, backend.tokenizer) for e in chunk]
                 for example, generation in zip(chunk, backend.generate(prompts, stop_when_hopeless=hopeless_stop)):
                     stats = generation.to_dict()
-                    writer.append(_row(example, stats.pop("text"), stats))
+                    writer.append(_row(example, stats.pop("text"), stats, parser))
                     bar.update()
         bar.close()
 
@@ -130,13 +132,16 @@ def rescore(out_dir: str | Path) -> dict:
     """Score saved raw outputs again, from disk alone; returns metrics and the ids whose verdict changed."""
     out_dir = Path(out_dir)
     predictions, changed = {}, []
+    run_file = out_dir / "run.json"  # runs from before parsers were recorded used the Python-call decoder
+    parser_id = json.loads(run_file.read_text()).get("parser", "python_ast") if run_file.exists() else "python_ast"
+    parser = model_families.parser_by_name(parser_id)
     for path in sorted((out_dir / "predictions").glob("*.jsonl")):
         rows = read_jsonl(path)
         examples = {e.id: e for e in load_category(path.stem)}
         for row in rows:
             if (row.get("error_type") or "").startswith(("inference:", "multi_turn:force_terminated")):
                 continue  # no answer was generated; nothing to score
-            fresh = score_example(examples[row["id"]], row["raw"])
+            fresh = score_example(examples[row["id"]], row["raw"], parser)
             if fresh["valid"] != row["valid"] or fresh["error_type"] != row["error_type"]:
                 changed.append(row["id"])
         predictions[path.stem] = rows

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import uuid
 
-from tinyllm_utils import bfcl
+from tinyllm_utils import bfcl, model_families
 from tinyllm_utils.data import Example
-from tinyllm_utils.decoding import DecodeError, decode_python, to_execution_calls
-from tinyllm_utils.prompts import first_turn_messages, format_prompt
+from tinyllm_utils.decoding import DecodeError, to_execution_calls
 from tinyllm_utils.scoring import allowed_api_names
 
 
@@ -28,14 +27,22 @@ def execute_calls(calls: list[str], refused: list[str], example: Example, sessio
     return results + [f"Error during execution: function '{name}' is not available." for name in refused]
 
 
-def run_multi_turn(example: Example, backend, prompt_format: str, on_step=None) -> dict:
-    """Generate every turn of one multi-turn entry. Returns raw text per step per turn plus token counts."""
+def run_multi_turn(example: Example, backend, prompt_format: str | None = None, on_step=None, spec=None) -> dict:
+    """Generate every turn of one multi-turn entry. Returns raw text per step per turn plus token counts.
+
+    With `spec` (a registry.ModelSpec) the chat is kept as the model's family does it (FC models: the bfcl
+    handler's messages, tool results fed back in its format, its parser); without it, prompting mode in
+    `prompt_format`.
+    """
     entry = example.entry
-    turns = first_turn_messages(entry)
+    if spec is not None:
+        chat = model_families.conversation(entry, spec, backend.tokenizer)
+    else:
+        chat = model_families.PlainConversation(entry, prompt_format, backend.tokenizer)
+    turns = chat.turns
     holdout = entry.get("missed_function", {})
     allowed = allowed_api_names(entry)
     session = f"tinyllm_infer_{uuid.uuid4().hex[:12]}"
-    messages: list[dict] = []
     raw_turns: list[list[str]] = []
     stats = {"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0, "steps": 0, "error": None}
     try:
@@ -43,11 +50,11 @@ def run_multi_turn(example: Example, backend, prompt_format: str, on_step=None) 
             if str(turn_index) in holdout:
                 turn = [{"role": "user", "content": bfcl.ADDITIONAL_FUNCTION_PROMPT.format(
                     functions=holdout[str(turn_index)])}]
-            messages.extend(turn)
+            chat.add_user(turn)
             steps: list[str] = []
             raw_turns.append(steps)
             for _ in range(bfcl.MAXIMUM_STEP_LIMIT + 1):
-                generation = backend.generate([format_prompt(messages, prompt_format, backend.tokenizer)])[0]
+                generation = backend.generate([chat.prompt()])[0]
                 stats["prompt_tokens"] += generation.prompt_tokens
                 stats["completion_tokens"] += generation.completion_tokens
                 stats["seconds"] += generation.seconds
@@ -56,17 +63,15 @@ def run_multi_turn(example: Example, backend, prompt_format: str, on_step=None) 
                     stats["error"] = generation.error
                     return {"raw": raw_turns, **stats}
                 steps.append(generation.text)
-                messages.append({"role": "assistant", "content": generation.text})
                 if on_step:
                     on_step()
                 try:
-                    calls, refused = to_execution_calls(decode_python(generation.text), allowed)
+                    calls, refused = to_execution_calls(chat.add_reply(generation.text), allowed)
                 except DecodeError:
                     break  # no decodable call: the turn is over
                 if not calls and not refused:
                     break
-                for call, result in zip(calls + refused, execute_calls(calls, refused, example, session)):
-                    messages.append({"role": "tool", "name": call, "content": result})
+                chat.add_results(calls + refused, execute_calls(calls, refused, example, session))
             else:
                 # bfcl force-quits the whole entry after too many steps; the checker then fails it.
                 stats["error"] = "multi_turn:force_terminated"

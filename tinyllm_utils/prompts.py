@@ -55,6 +55,15 @@ def format_prompt(messages: list[dict], prompt_format: str, tokenizer=None) -> s
     raise ValueError(f"unknown prompt_format {prompt_format!r}; expected 'gemma' or 'chat_template'")
 
 
+def entry_prompt(entry: dict, spec, tokenizer=None) -> str:
+    """The first-turn prompt of a BFCL entry for a model (a registry.ModelSpec): what every evaluation caller
+    uses. FC and family-specific models are rendered by their bfcl handler (model_families), the rest by
+    `format_prompt` with the Gemma turns or the tokenizer's chat template."""
+    from tinyllm_utils.model_families import render_entry
+
+    return render_entry(entry, spec, tokenizer)
+
+
 def format_example(messages: list[dict], completion: str, prompt_format: str, tokenizer=None) -> dict:
     """A (prompt, completion) pair in exactly the evaluation format, for SFT rows and DPO pairs."""
     end = "<end_of_turn>" if prompt_format == "gemma" else (getattr(tokenizer, "eos_token", "") or "")

@@ -37,11 +37,22 @@ class ModelSpec:
     hf_id: str | None = None
     gguf_package: str | None = None
     path: str | None = None
+    # How BFCL scores the model (tinyllm_utils.model_families): prompting | fc, the family whose bfcl handler
+    # renders prompts and parses answers (None: gemma or generic, from prompt_format), none | strip_think |
+    # disable_thinking, and the hub commit the weights are pinned to.
+    mode: str = "prompting"
+    family: str | None = None
+    reasoning: str = "none"
+    revision: str | None = None
     # Lineage of a trained checkpoint (None for published models): what it was trained from and how.
     base_model: str | None = None
     method: str | None = None
     parent: str | None = None
     stage_key: str | None = None
+
+    def __post_init__(self):
+        if self.family is None:
+            object.__setattr__(self, "family", "gemma" if self.prompt_format == "gemma" else "generic")
 
     def save(self, folder: str | Path) -> Path:
         """Write `<folder>/model_spec.json` so `resolve_model(folder)` gets this spec back.
@@ -72,15 +83,42 @@ class ModelSpec:
 
 @cache
 def load_registry() -> dict[str, ModelSpec]:
+    from tinyllm_utils.model_families import check_spec
+
     raw = yaml.safe_load(files("tinyllm_utils").joinpath("configs/models.yaml").read_text())
-    return {name: ModelSpec(name=name, **fields) for name, fields in raw.items()}
+    registry = {name: ModelSpec(name=name, **fields) for name, fields in raw.items()}
+    for spec in registry.values():
+        check_spec(spec)
+    return registry
 
 
-def resolve_model(name_or_path: str) -> ModelSpec:
+class UnpinnedModelError(ModelUnavailableError):
+    """A hub model without a pinned revision where reproducibility is required (the `paper` profile)."""
+
+
+def resolve_model(name_or_path: str, require_revision: bool = False) -> ModelSpec:
+    """The spec of a registry name, its hub id, a checkpoint folder, a `.gguf` file or any hub id (org/name).
+
+    `require_revision=True` (the `paper` profile) refuses hub models without a pinned commit: the hub's
+    `main` can change under a user, and then "the same model" is not the same weights.
+    """
+    spec = _resolve(name_or_path)
+    if require_revision and spec.source == "hub" and not spec.revision:
+        raise UnpinnedModelError(
+            f"model {spec.name!r} ({spec.hf_id}) has no pinned revision: add `revision: <commit sha>` to its "
+            "entry in tinyllm_utils/configs/models.yaml (the paper profile evaluates pinned weights only)")
+    return spec
+
+
+def _resolve(name_or_path: str) -> ModelSpec:
     registry = load_registry()
     if name_or_path in registry:
         return registry[name_or_path]
-    by_hf_id = {spec.hf_id: spec for spec in registry.values() if spec.hf_id}
+    # A hub id maps to its registry entry; where two entries share it (Qwen3 prompting and FC), the first listed.
+    by_hf_id = {}
+    for spec in registry.values():
+        if spec.hf_id:
+            by_hf_id.setdefault(spec.hf_id, spec)
     if name_or_path in by_hf_id:
         return by_hf_id[name_or_path]
     path = Path(name_or_path)
@@ -107,4 +145,8 @@ def load_spec_file(folder: str | Path) -> ModelSpec:
     unknown = set(data) - {f.name for f in fields(ModelSpec)}
     if unknown:
         raise ValueError(f"{folder / SPEC_FILE}: unknown fields {sorted(unknown)} (written by a newer tinyllm_utils?)")
-    return ModelSpec(**{**data, "source": "local", "gguf_package": None, "path": str(folder)})
+    spec = ModelSpec(**{**data, "source": "local", "gguf_package": None, "path": str(folder)})
+    from tinyllm_utils.model_families import check_spec
+
+    check_spec(spec)
+    return spec

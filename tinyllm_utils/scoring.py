@@ -28,10 +28,12 @@ def _result(valid: bool, decoded=None, error_type: str | None = None, error=None
     return {"valid": valid, "decoded": decoded, "error_type": error_type, "error": error}
 
 
-def score_single_turn(example: Example, raw: str) -> dict:
+def score_single_turn(example: Example, raw: str, parser=None) -> dict:
+    """`parser(raw, language)` turns the text into calls (model_families.parser_for(spec)); default: the
+    literal-only Python-call decoder of prompting mode."""
     category = example.category
     try:
-        decoded = decode_ast(raw, language_of(category))
+        decoded = (parser or decode_ast)(raw, language_of(category))
     except UnsafeOutputError as exc:
         if is_relevance(category):  # call-shaped output counts as a call, as bfcl would decode it
             return _relevance(category, contains_call=True, decoded=None, error=str(exc))
@@ -71,21 +73,21 @@ def allowed_api_names(entry: dict) -> set[str]:
     return names
 
 
-def decode_step(raw: str, allowed: set[str]) -> list[str]:
+def decode_step(raw: str, allowed: set[str], parser=None) -> list[str]:
     """One multi-turn step's text -> safe execution strings (empty when nothing usable was called)."""
     try:
-        calls, _refused = to_execution_calls(decode_python(raw), allowed)
+        calls, _refused = to_execution_calls(parser(raw, "python") if parser else decode_python(raw), allowed)
     except DecodeError:
         return []
     return calls
 
 
-def score_multi_turn(example: Example, raw_turns) -> dict:
+def score_multi_turn(example: Example, raw_turns, parser=None) -> dict:
     ground_truth = example.ground_truth
     if not isinstance(raw_turns, list):
         return _result(False, None, "multi_turn:inference_error", "model result is not a list of turns")
     allowed = allowed_api_names(example.scoring_entry)
-    decoded = [[calls for step in turn if (calls := decode_step(step, allowed))] for turn in raw_turns]
+    decoded = [[calls for step in turn if (calls := decode_step(step, allowed, parser))] for turn in raw_turns]
     if len(raw_turns) != len(ground_truth):
         return _result(False, decoded, "multi_turn:force_terminated",
                        f"{len(raw_turns)} turns answered, {len(ground_truth)} expected")
@@ -98,10 +100,10 @@ def score_multi_turn(example: Example, raw_turns) -> dict:
     return _result(checked["valid"], decoded, checked.get("error_type"), checked.get("error_message"))
 
 
-def score_example(example: Example, raw) -> dict:
+def score_example(example: Example, raw, parser=None) -> dict:
     if is_multi_turn(example.category):
-        return score_multi_turn(example, raw)
-    return score_single_turn(example, raw)
+        return score_multi_turn(example, raw, parser)
+    return score_single_turn(example, raw, parser)
 
 
 FAILURE_MODES = ("correct", "no call", "unparseable", "wrong function", "wrong arguments", "wrong execution")
