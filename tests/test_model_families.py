@@ -294,7 +294,15 @@ def test_hostile_output_is_never_run(family, tmp_path, monkeypatch):
             node = ast.parse(call, mode="eval").body
             assert node.func.id == "cd" and all(isinstance(k.value, ast.Constant) for k in node.keywords)
     assert not (tmp_path / "CANARY").exists()
-    assert parser(HOSTILE[family][0], "python") if family == "xlam" else True  # decodes, name is data
+
+
+def test_hostile_names_and_values_stay_data():
+    parser = model_families.parser_for(resolve_model("xlam-2-1b-fc-r"))
+    name_attack, value_attack = HOSTILE["xlam"][:2]
+    refused = ["__import__('os').system('touch CANARY')"]
+    assert to_execution_calls(parser(name_attack, "python"), {"cd"}) == ([], refused)
+    executed, _ = to_execution_calls(parser(value_attack, "python"), {"cd"})
+    assert executed == ["cd(folder=\"__import__('os').system('touch CANARY')\")"]  # a string literal, nothing else
 
 
 def test_wrong_shape_counts_as_a_call_but_never_scores():
@@ -309,7 +317,8 @@ def test_wrong_shape_counts_as_a_call_but_never_scores():
 # --- scoring through the family's parser ------------------------------------------------------------------
 
 def as_xlam(text: str) -> str:
-    return json.dumps([{"name": name, "arguments": args} for call in decode_python(text) for name, args in call.items()])
+    return json.dumps([{"name": name, "arguments": args}
+                       for call in decode_python(text) for name, args in call.items()])
 
 
 def as_qwen_fc(text: str) -> str:
@@ -327,7 +336,8 @@ def test_fc_answers_score_with_bfcls_checker(model, render, sample):
             assert not score_example(example, text)["valid"]  # the Python-call decoder cannot read it
     irrelevance = sample("irrelevance", 1)[0]
     assert score_example(irrelevance, "None of the functions fit.", parser)["valid"]
-    assert score_example(irrelevance, render("[f(x=1)]"), parser)["error_type"] == "irrelevance_error:decoder_success"
+    called = score_example(irrelevance, render("[f(x=1)]"), parser)
+    assert called["error_type"] == "irrelevance_error:decoder_success"
 
 
 def test_fc_multi_turn_scores_with_bfcls_checker():
@@ -369,5 +379,5 @@ def test_run_json_names_mode_and_parser(tmp_path, monkeypatch):
     assert run["model_spec"]["mode"] == "fc"
     row = json.loads((tmp_path / "predictions" / "simple_python.jsonl").read_text().splitlines()[0])
     assert row["raw"] == answer and row["valid"]
-    assert metrics["categories"]["simple_python"]["accuracy"] == 1.0 if "categories" in metrics else True
+    assert metrics["categories"]["simple_python"]["accuracy"] == 1.0
     assert evaluate_module.rescore(tmp_path)["changed"] == []

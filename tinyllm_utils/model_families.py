@@ -67,21 +67,24 @@ def family_of(spec) -> Family:
     try:
         return FAMILIES[spec.family]
     except KeyError:
-        raise ValueError(f"model {spec.name!r}: unknown family {spec.family!r}; expected one of {list(FAMILIES)}") from None
+        raise ValueError(f"model {spec.name!r}: unknown family {spec.family!r}; "
+                         f"expected one of {list(FAMILIES)}") from None
 
 
 def check_spec(spec) -> None:
     """Refuse registry entries whose mode, family and reasoning do not fit together."""
     family = family_of(spec)
     if spec.mode != family.mode:
-        raise ValueError(f"model {spec.name!r}: family {family.key!r} is {family.mode} mode, the entry says {spec.mode!r}")
+        raise ValueError(f"model {spec.name!r}: family {family.key!r} is {family.mode} mode, "
+                         f"the entry says {spec.mode!r}")
     if spec.reasoning not in REASONING:
         raise ValueError(f"model {spec.name!r}: reasoning {spec.reasoning!r} is not one of {REASONING}")
     if spec.reasoning != "none" and family.key not in THINKING_FAMILIES:
         raise ValueError(f"model {spec.name!r}: reasoning {spec.reasoning!r} needs a thinking family "
                          f"({sorted(THINKING_FAMILIES)}), not {family.key!r}")
     if (family.render == "gemma") != (spec.prompt_format == "gemma"):
-        raise ValueError(f"model {spec.name!r}: family {family.key!r} does not match prompt_format {spec.prompt_format!r}")
+        raise ValueError(f"model {spec.name!r}: family {family.key!r} does not match "
+                         f"prompt_format {spec.prompt_format!r}")
 
 
 @cache
