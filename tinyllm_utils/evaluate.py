@@ -124,6 +124,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
                    for c, ids in selected.items()}
     metrics = aggregate.summarize(predictions)
     metrics["model"] = spec.name
+    metrics["selected_ids"] = {c: sorted(ids) for c, ids in selected.items()}  # what analysis/figures count
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics
 

@@ -1,44 +1,46 @@
-"""Tables and figures from saved results only (metrics.json, predictions/*.jsonl), one function per figure.
+"""Tables and figures from saved results only (metrics.json, run.json, predictions/*.jsonl), one function per figure.
 
     python -m tinyllm_utils.figures --run outputs/quick --out paper_figures
 
-rebuilds every figure and its CSV from a run folder; notebooks call the same functions.
+rebuilds every table (tinyllm_utils.analysis: results, Table IV, paired comparisons, findings) and every figure
+(PNG and PDF) of a run from its files alone and prints its wall time; a stage that did not run is listed as
+missing in `<out>/figures_status.md`, not an error. Notebooks call the same functions and get Figures back.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import time
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")  # figures are files; a notebook still shows the returned Figure inline
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from tinyllm_utils import analysis
+from tinyllm_utils.data import ALL_CATEGORIES
+from tinyllm_utils.results import write_text_atomic
+from tinyllm_utils.scoring import FAILURE_MODES
 
-from tinyllm_utils.data import LIVE_CATEGORIES, MULTI_TURN_CATEGORIES, NON_LIVE_CATEGORIES  # noqa: E402
-from tinyllm_utils.results import read_jsonl  # noqa: E402
-from tinyllm_utils.scoring import FAILURE_MODES, failure_mode  # noqa: E402
-
-GROUP = {**{c: "non-live" for c in NON_LIVE_CATEGORIES}, **{c: "live" for c in LIVE_CATEGORIES},
-         **{c: "multi-turn" for c in MULTI_TURN_CATEGORIES}}
+GROUP = analysis.GROUP
+BASELINE_STAGE = "01_baseline_evaluation"
 
 
-def _model_dirs(stage_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in Path(stage_dir).glob("*/metrics.json"))
+# ------------------------------------------------------------------------------- stage 01 (notebook 01's tables)
+
+def _evaluations(stage_dir: str | Path) -> list[analysis.Evaluation]:
+    """Evaluation folders at any depth (a hub id `org/name` used as a folder name nests one level deeper)."""
+    return analysis.find_evaluations(stage_dir) if Path(stage_dir).is_dir() else []
 
 
 def metrics_table(stage_dir: str | Path) -> pd.DataFrame:
     """Long format: one row per (model, category) with accuracy %, n and the 95 % interval."""
     rows = []
-    for model_dir in _model_dirs(stage_dir):
-        metrics = json.loads((model_dir / "metrics.json").read_text())
-        for category, m in metrics["categories"].items():
+    for ev in _evaluations(stage_dir):
+        for category, m in ev.metrics["categories"].items():
             low, high = m["ci95"] or (None, None)
-            rows.append({"model": metrics.get("model", model_dir.name), "category": category,
-                         "group": GROUP.get(category, "other"),
+            rows.append({"model": ev.model, "category": category, "group": GROUP.get(category, "other"),
                          "accuracy": None if m["accuracy"] is None else 100 * m["accuracy"], "n": m["n"],
                          "category_size": m["category_size"], "ci_low": None if low is None else 100 * low,
                          "ci_high": None if high is None else 100 * high})
@@ -47,32 +49,29 @@ def metrics_table(stage_dir: str | Path) -> pd.DataFrame:
 
 def overall_table(stage_dir: str | Path) -> pd.DataFrame:
     rows = []
-    for model_dir in _model_dirs(stage_dir):
-        metrics = json.loads((model_dir / "metrics.json").read_text())
-        for version, scores in metrics["overall"].items():
+    for ev in _evaluations(stage_dir):
+        for version, scores in ev.metrics["overall"].items():
             for name, value in scores.items():
-                rows.append({"model": metrics.get("model", model_dir.name), "bfcl": version, "score": name,
+                rows.append({"model": ev.model, "bfcl": version, "score": name,
                              "value": None if value is None else 100 * value})
     return pd.DataFrame(rows)
 
 
 def predictions_table(stage_dir: str | Path) -> pd.DataFrame:
-    """Every saved prediction with its failure mode (correct, no call, unparseable, wrong function, ...)."""
-    rows = []
-    for model_dir in _model_dirs(stage_dir):
-        for path in sorted((model_dir / "predictions").glob("*.jsonl")):
-            for row in read_jsonl(path):
-                rows.append({"model": model_dir.name, "category": row["category"], "id": row["id"],
-                             "valid": row["valid"], "error_type": row.get("error_type"),
-                             "failure_mode": failure_mode(row)})
-    return pd.DataFrame(rows)
+    """The selected predictions (the rows metrics.json counted, not older ones of a reused folder) with their
+    failure mode (correct, no call, unparseable, wrong function, ...)."""
+    table = analysis.entries(_evaluations(stage_dir))
+    if not len(table):
+        return pd.DataFrame(columns=["model", "category", "id", "valid", "error_type", "failure_mode"])
+    return table.assign(valid=table["correct"].astype(bool))[
+        ["model", "category", "id", "valid", "error_type", "failure_mode"]]
 
 
 def failure_mode_table(stage_dir: str | Path) -> pd.DataFrame:
-    """Counts of each failure mode per model and category."""
+    """Counts of each failure mode per model and category (selected entries only)."""
     df = predictions_table(stage_dir)
     table = df.groupby(["model", "category", "failure_mode"]).size().unstack(fill_value=0)
-    return table.reindex(columns=[m for m in FAILURE_MODES], fill_value=0)
+    return table.reindex(columns=list(FAILURE_MODES), fill_value=0)
 
 
 def plot_category_accuracy(metrics: pd.DataFrame):
@@ -91,7 +90,9 @@ def plot_category_accuracy(metrics: pd.DataFrame):
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
     ax.set_xlabel("")
-    ax.set_title("BFCL accuracy per category (bars: 95 % Wilson interval; n in the table)")
+    n = data["n"]
+    ax.set_title(f"BFCL accuracy per category, {n.min()}-{n.max()} entries each "
+                 f"({int(n.sum())} in all; bars: 95 % Wilson interval)" if len(n) else "BFCL accuracy per category")
     ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()
     return fig
@@ -100,48 +101,294 @@ def plot_category_accuracy(metrics: pd.DataFrame):
 def plot_failure_modes(failures: pd.DataFrame):
     """Stacked bars: share of each failure mode per category."""
     shares = failures.div(failures.sum(axis=1), axis=0) * 100
-    shares.index = [f"{m} · {c}" if len(failures.index.get_level_values(0).unique()) > 1 else c
-                    for m, c in shares.index]
+    several = len(failures.index.get_level_values(0).unique()) > 1
+    shares.index = [f"{m} · {c} (n={int(failures.loc[(m, c)].sum())})" if several
+                    else f"{c} (n={int(failures.loc[(m, c)].sum())})" for m, c in shares.index]
     fig, ax = plt.subplots(figsize=(11, 4.5))
     shares.plot(kind="bar", stacked=True, ax=ax, colormap="tab10", width=0.85)
     ax.set_ylabel("share of entries (%)")
-    ax.set_title("What the model did, per category")
+    ax.set_title(f"What the model did, per category ({int(failures.values.sum())} selected entries)")
     ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left")
     ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()
     return fig
 
 
-def make_figures(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Regenerate every figure (PNG) and its table (CSV) of a run from saved files alone."""
-    out_dir = Path(out_dir)
+def baseline_findings(metrics: pd.DataFrame, failures: pd.DataFrame) -> str:
+    """Notebook 01's closing text, written from its tables so it stays true under any profile or model."""
+    lines = []
+    for model, rows in metrics.groupby("model"):
+        scored = rows.dropna(subset=["accuracy"])
+        best = scored.sort_values("accuracy", ascending=False).head(3)
+        zero = scored[scored["accuracy"] == 0]["category"].tolist()
+        lines.append(f"**{model}**: mean accuracy {scored['accuracy'].mean():.1f} % over {len(scored)} categories "
+                     f"({int(scored['n'].sum())} entries). Best: " + ", ".join(
+                         f"{r.category} {r.accuracy:.0f} % (n = {r.n}, 95 % CI {r.ci_low:.0f}-{r.ci_high:.0f} %)"
+                         for r in best.itertuples()) + ".")
+        if zero:
+            lines.append(f"0 % on {len(zero)} categories: {', '.join(zero)}.")
+        if model in failures.index.get_level_values("model"):
+            modes = failures.xs(model, level="model").sum().drop("correct", errors="ignore")
+            if modes.sum():
+                top = modes.sort_values(ascending=False)
+                lines.append("Failures by kind: " + ", ".join(f"{k} {int(v)}" for k, v in top.items() if v) + ".")
+    return "\n\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- every stage
+
+def table_iv_long(results: pd.DataFrame) -> pd.DataFrame:
+    """Our Table IV values in long form with their intervals: label, column, value, ci_low, ci_high, n."""
+    rows = []
+    for _, r in results.iterrows():
+        for column, (formula, component) in analysis.TABLE_IV.items():
+            if r["scoring"] == formula and r["category"] == component and pd.notna(r["accuracy"]):
+                rows.append({"label": r["label"], "method": r["method"], "column": column,
+                             "value": r["accuracy"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"]})
+    return pd.DataFrame(rows, columns=["label", "method", "column", "value", "ci_low", "ci_high", "n"])
+
+
+def _n_span(n: pd.Series) -> str:
+    n = n.dropna().astype(int)
+    if not len(n):
+        return "n = 0"
+    return f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}-{n.max()}"
+
+
+def plot_category_heatmap(results: pd.DataFrame):
+    """Accuracy (%) per model/method (rows) x BFCL category (columns); empty cells were not run."""
+    cats = results[results["kind"] == "category"]
+    order = [c for c in ALL_CATEGORIES if c in set(cats["category"])]
+    pivot = cats.pivot_table(index="label", columns="category", values="accuracy", sort=False).reindex(columns=order)
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(order) + 3), max(2.5, 0.45 * len(pivot) + 1.8)))
+    sns.heatmap(pivot, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="viridis", cbar_kws={"label": "accuracy (%)"},
+                linewidths=0.5, ax=ax)
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.set_title(f"BFCL accuracy (%) per category, {len(pivot)} model/method rows; {_n_span(cats['n'])} selected "
+                 "entries per cell (blank: not run)")
+    ax.tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    return fig
+
+
+def plot_method_ablation(results: pd.DataFrame):
+    """Table IV scores per model/method with 95 % intervals (Wilson for relevance, bootstrap for composites)."""
+    long = table_iv_long(results)
+    columns = [c for c in analysis.TABLE_IV if c in set(long["column"])]
+    labels = list(dict.fromkeys(long["label"]))
+    fig, ax = plt.subplots(figsize=(min(12, max(7, 0.35 * len(columns) * len(labels) + 4)), 4.5))
+    width = 0.8 / max(len(labels), 1)
+    palette = sns.color_palette("tab10", len(labels))
+    for i, label in enumerate(labels):
+        sub = long[long["label"] == label].set_index("column").reindex(columns)
+        xs = np.arange(len(columns)) - 0.4 + width * (i + 0.5)
+        ax.bar(xs, sub["value"], width, label=label, color=palette[i])
+        ax.errorbar(xs, sub["value"], yerr=[sub["value"] - sub["ci_low"], sub["ci_high"] - sub["value"]],
+                    fmt="none", ecolor="black", elinewidth=1, capsize=2)
+    ax.set_xticks(range(len(columns)), [analysis.TABLE_IV_LABELS[c] for c in columns], rotation=20)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Method ablation on BFCL v4 data (Table IV columns; {_n_span(long['n'])} entries per score; "
+                 "bars: 95 % interval)")
+    ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_multi_turn_vs_params(results: pd.DataFrame, reference: pd.DataFrame | None = None):
+    """Multi-turn accuracy vs parameter count: published v3 and v4 rows side by side (marker = version; the two
+    versions' multi-turn data differ), the paper's headline, and our evaluations with 95 % intervals."""
+    reference = analysis.reference_table_iv() if reference is None else reference
+    ref = reference.dropna(subset=["multi_turn", "params_b"])
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    markers = {"v3": "o", "v4": "s"}
+    for version, group in ref.groupby("bfcl"):
+        ax.scatter(group["params_b"], group["multi_turn"], marker=markers.get(version, "^"), alpha=0.6, s=40,
+                   label=f"published, BFCL {version} ({group['date'].iloc[0]})")
+    headline = reference[(reference["label"].str.contains("paper, best", na=False)) & reference["multi_turn"].notna()]
+    for _, row in headline.iterrows():
+        ax.axhline(row["multi_turn"], color="grey", ls="--", lw=1)
+        ax.text(0.26, row["multi_turn"] + 1, f"paper headline {row['multi_turn']:.2f} % (BFCL {row['bfcl']}, 1-3B)",
+                fontsize=8, color="grey")
+    ax.axvspan(0.2, 1.0, color="orange", alpha=0.08, label="< 1B (paper: near zero)")
+    long = table_iv_long(results)
+    ours = long[long["column"] == "multi_turn"].merge(
+        results.drop_duplicates("label")[["label", "params_b"]], on="label").dropna(subset=["params_b"])
+    n_text = "ours: none with all four multi-turn categories"
+    if len(ours):
+        ax.errorbar(ours["params_b"], ours["value"], yerr=[ours["value"] - ours["ci_low"], ours["ci_high"] - ours["value"]],
+                    fmt="*", color="crimson", ms=12, capsize=3, label="ours (BFCL v4 data, 95 % bootstrap CI)")
+        for _, row in ours.iterrows():
+            ax.annotate(row["label"], (row["params_b"], row["value"]), fontsize=7, xytext=(5, -10),
+                        textcoords="offset points")
+        n_text = f"ours: {_n_span(ours['n'])} entries"
+    ax.set_xscale("log")
+    ax.set_xlim(0.2, 10)
+    ax.set_ylim(-2, 100)
+    ax.set_xlabel("parameters (billions, nominal; log scale)")
+    ax.set_ylabel("multi-turn accuracy (%)")
+    ax.set_title(f"Multi-turn accuracy vs model size: BFCL v3 and v4 shown side by side (not comparable data); "
+                 f"{n_text}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _score_for(long: pd.DataFrame, labels) -> str | None:
+    """The first Table IV column that every given evaluation has (overall v3 when all ran everything)."""
+    for column in analysis.TABLE_IV:
+        if set(labels) <= set(long[long["column"] == column]["label"]):
+            return column
+    return None
+
+
+def plot_accuracy_vs_compute(results: pd.DataFrame):
+    """Accuracy vs training wall time (from training.json) per trained model/method."""
+    trained = results.drop_duplicates("label").dropna(subset=["training_seconds"])
+    long = table_iv_long(results)
+    column = _score_for(long, trained["label"])
+    data = long[long["column"] == column].merge(trained[["label", "training_seconds"]], on="label")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.errorbar(data["training_seconds"] / 60, data["value"],
+                yerr=[data["value"] - data["ci_low"], data["ci_high"] - data["value"]], fmt="o", capsize=3)
+    for _, row in data.iterrows():
+        ax.annotate(row["label"], (row["training_seconds"] / 60, row["value"]), fontsize=7, xytext=(5, 4),
+                    textcoords="offset points")
+    ax.set_xlabel("training wall time (minutes)")
+    ax.set_ylabel(f"{analysis.TABLE_IV_LABELS.get(column, column)} (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{analysis.TABLE_IV_LABELS.get(column, column)} vs training compute, {len(data)} trained "
+                 f"models; {_n_span(data['n'])} entries (95 % interval)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_error_kinds(entry_table: pd.DataFrame):
+    """Share of each failure mode per model/method over all its selected entries."""
+    counts = entry_table.groupby(["label", "failure_mode"]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=list(FAILURE_MODES), fill_value=0)
+    shares = counts.div(counts.sum(axis=1), axis=0) * 100
+    shares.index = [f"{label} (n={int(counts.loc[label].sum())})" for label in shares.index]
+    fig, ax = plt.subplots(figsize=(9, max(2.5, 0.45 * len(shares) + 1.5)))
+    shares.plot(kind="barh", stacked=True, ax=ax, colormap="tab10", width=0.8)
+    ax.set_xlabel("share of selected entries (%)")
+    ax.set_ylabel("")
+    ax.set_xlim(0, 100)
+    ax.set_title(f"What each model/method answered, by BFCL error kind ({int(counts.values.sum())} entries)")
+    ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(curves: pd.DataFrame):
+    """Training (and evaluation) loss per step for each training run found under the run folder."""
+    metrics = [m for m in ("loss", "eval_loss", "train_loss") if m in set(curves["metric"])] or \
+        sorted(set(curves["metric"]))[:2]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        data = curves[curves["metric"] == metric]
+        sns.lineplot(data=data, x="step", y="value", hue="method", marker="o", ax=ax)
+        ax.set_title(f"{metric} per optimizer step ({data['training'].nunique()} training runs)")
+        ax.set_ylabel(metric)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def make_figures(run_dir: str | Path, out_dir: str | Path, n_resamples: int = 2000) -> list[Path]:
+    """Regenerate every table and figure of a run from saved files alone; returns the written paths. What a
+    missing stage would have fed is listed in `<out>/figures_status.md` (and printed), not raised."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    baseline = Path(run_dir) / "01_baseline_evaluation"
-    if _model_dirs(baseline):
-        metrics = metrics_table(baseline)
-        failures = failure_mode_table(baseline)
+    missing: list[str] = []
+    done = analysis.analyze(run_dir, out_dir, analysis.AnalysisConfig(n_resamples=n_resamples))
+    written = list(done["written"])
+    results, entry_table = done["results"], done["entries"]
+
+    baseline = run_dir / BASELINE_STAGE
+    if _evaluations(baseline):
+        metrics, failures = metrics_table(baseline), failure_mode_table(baseline)
         for name, table in [("baseline_accuracy", metrics), ("baseline_overall", overall_table(baseline)),
                             ("baseline_failure_modes", failures.reset_index())]:
-            table.to_csv(out_dir / f"{name}.csv", index=False)
+            write_text_atomic(out_dir / f"{name}.csv", table.to_csv(index=False))
             written.append(out_dir / f"{name}.csv")
-        for name, fig in [("baseline_accuracy", plot_category_accuracy(metrics)),
-                          ("baseline_failure_modes", plot_failure_modes(failures))]:
-            fig.savefig(out_dir / f"{name}.png", dpi=150)
-            plt.close(fig)
-            written.append(out_dir / f"{name}.png")
-    if not written:
-        raise SystemExit(f"no saved metrics under {run_dir}; run the pipeline first")
+        write_text_atomic(out_dir / "baseline_findings.md", baseline_findings(metrics, failures) + "\n")
+        written.append(out_dir / "baseline_findings.md")
+        written += _save(plot_category_accuracy(metrics), out_dir, "baseline_accuracy")
+        written += _save(plot_failure_modes(failures), out_dir, "baseline_failure_modes")
+    else:
+        missing.append(f"baseline figures and tables: {baseline} holds no evaluation (stage 01 did not run)")
+
+    has_eval = len(results) > 0
+    trained = has_eval and results["training_seconds"].notna().any()
+    has_multi_turn = has_eval and not table_iv_long(results).query("column == 'multi_turn'").empty
+    curves = analysis.training_curves(run_dir) if run_dir.is_dir() else pd.DataFrame()
+    edge_tables = sorted(run_dir.rglob("edge_table.csv")) if run_dir.is_dir() else []
+    plan = [
+        ("category_heatmap", has_eval, lambda: plot_category_heatmap(results), "no evaluation under the run"),
+        ("method_ablation", has_eval and not table_iv_long(results).empty, lambda: plot_method_ablation(results),
+         "no evaluation with a Table IV score"),
+        ("multi_turn_vs_params", True, lambda: plot_multi_turn_vs_params(results), ""),
+        ("accuracy_vs_training_compute", trained, lambda: plot_accuracy_vs_compute(results),
+         "no training stage wrote training.json (seconds) beside an evaluated checkpoint"),
+        ("error_kinds", len(entry_table) > 0, lambda: plot_error_kinds(entry_table), "no saved predictions"),
+        ("training_curves", len(curves) > 0, lambda: plot_training_curves(curves),
+         "no trainer log (trainer_state.json or training.json with log_history) under the run"),
+    ]
+    for name, available, build, reason in plan:
+        if available:
+            written += _save(build(), out_dir, name)
+        else:
+            missing.append(f"{name}: {reason}")
+    if not has_multi_turn:
+        missing.append("multi_turn_vs_params: drawn with reference rows only (no evaluation ran all four "
+                       "multi-turn categories)")
+    if edge_tables:
+        from tinyllm_utils.edge import plot_edge_pareto
+
+        table = pd.read_csv(edge_tables[0])
+        if {"accuracy", "decode_ms_per_token"} <= set(table.columns) and table["accuracy"].notna().any():
+            plot_edge_pareto(table, out_dir / "accuracy_latency_memory")
+            written += [out_dir / "accuracy_latency_memory.png", out_dir / "accuracy_latency_memory.pdf"]
+        else:
+            missing.append(f"accuracy_latency_memory: {edge_tables[0]} has no accuracy / latency columns")
+    else:
+        missing.append("accuracy_latency_memory: no edge stage output (edge_table.csv) under the run")
+
+    status = ["# Figures and tables of this folder", "", f"Rebuilt from `{run_dir}` by "
+              "`python -m tinyllm_utils.figures`.", "", "## Written", ""]
+    status += [f"- `{p.name}`" for p in written]
+    status += ["", "## Missing (a stage that did not run; not an error)", ""] + [f"- {m}" for m in missing or ["none"]]
+    write_text_atomic(out_dir / "figures_status.md", "\n".join(status) + "\n")
+    written.append(out_dir / "figures_status.md")
+    for line in missing:
+        print(f"missing: {line}")
     return written
 
 
 def main(argv=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # a headless run writes files; notebooks keep their own backend
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="outputs/quick", help="a run folder, outputs/<run_id>")
     parser.add_argument("--out", default="paper_figures")
+    parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples per interval")
     args = parser.parse_args(argv)
-    for path in make_figures(args.run, args.out):
+    if not Path(args.run).is_dir():
+        raise SystemExit(f"{args.run} does not exist: run the pipeline first (make reproduce)")
+    start = time.perf_counter()
+    for path in make_figures(args.run, args.out, args.n_resamples):
         print(path)
+    print(f"figures: rebuilt {args.out} from {args.run} in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":
