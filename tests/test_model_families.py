@@ -185,10 +185,12 @@ def test_gemma_prompt_is_bfcls_without_the_second_bos():
 
 
 @pytest.mark.parametrize("family", sorted(HANDLER_MODELS))
-def test_multi_turn_history_is_kept_as_bfcl_keeps_it(family):
-    """The model's calls and the tool results go back into the prompt exactly as bfcl's handler writes them."""
+@pytest.mark.parametrize("category", ["multi_turn_base", "multi_turn_miss_func"])
+def test_multi_turn_history_is_kept_as_bfcl_keeps_it(family, category):
+    """The model's calls, the tool results and held-out functions go back into the prompt exactly as bfcl's
+    handler writes them."""
     spec = spec_of(family)
-    example = load_category("multi_turn_base")[0]
+    example = load_category(category)[0]
     script = [REPLY[family], "The task is done."] * 10
     expected = bfcl_prompts(spec, example.entry, script)
     sent, replies = [], iter(script)
@@ -200,7 +202,7 @@ def test_multi_turn_history_is_kept_as_bfcl_keeps_it(family):
     result = run_multi_turn(example, FakeBackend(reply_for), spec=spec)
     assert sent == expected
     assert len(sent) == 2 * len(example.entry["question"]) and result["error"] is None
-    assert "No such directory" in sent[-1] or "document" in sent[-1]  # a tool result was fed back
+    assert '{"current_working_directory": "document"}' in sent[1]  # the first call's result was fed back
 
 
 # --- parsers: each family's syntax to calls, hostile text to errors ---------------------------------------
