@@ -12,6 +12,7 @@ Everything else in tinyllm_utils imports bfcl-eval through this module.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
@@ -58,6 +59,7 @@ from bfcl_eval.model_handler.utils import (  # noqa: E402
     system_prompt_pre_processing_chat_model,
 )
 from bfcl_eval.utils import (  # noqa: E402
+    add_language_specific_hint_to_function_doc,
     is_empty_output,
     is_function_calling_format_output,
     load_dataset_entry,
@@ -70,6 +72,29 @@ BFCL_EVAL_VERSION = version("bfcl-eval")
 MAXIMUM_STEP_LIMIT = default_prompts.MAXIMUM_STEP_LIMIT
 ADDITIONAL_FUNCTION_PROMPT = default_prompts.DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_PROMPTING
 execute_multi_turn_func_call = multi_turn_utils.execute_multi_turn_func_call
+
+
+def local_inference_handler(name: str, model_name: str = "tinyllm", is_fc_model: bool = False):
+    """A fresh instance of one of bfcl's local-inference handlers, e.g. `"qwen_fc.QwenFCHandler"`.
+
+    Imported on first use (the handlers pull in `openai` for a client that is built but never called here).
+    Only the handler's prompt formatting, message bookkeeping and decoding are used; nothing is served.
+    """
+    import importlib
+
+    module_name, class_name = name.rsplit(".", 1)
+    module = importlib.import_module(f"bfcl_eval.model_handler.local_inference.{module_name}")
+    return getattr(module, class_name)(model_name=model_name, temperature=0.0, registry_name=model_name,
+                                       is_fc_model=is_fc_model)
+
+
+def add_python_hint(functions: list[dict]) -> list[dict]:
+    """Python function docs as evaluation prompts them: bfcl's own language hint ("Note that the provided
+    function is in Python 3 syntax.") applied by bfcl's `add_language_specific_hint_to_function_doc`, as its
+    loader does with `include_language_specific_hint=True`. bfcl picks the hint from the entry id's category;
+    training rows are Python, so the id is a Python category's. Returns hinted copies; the input is untouched."""
+    entry = {"id": "simple_python_0", "function": copy.deepcopy(functions)}
+    return add_language_specific_hint_to_function_doc([entry])[0]["function"]
 
 
 def local_inference_handler(name: str, model_name: str = "tinyllm", is_fc_model: bool = False):
@@ -111,6 +136,8 @@ __all__ = [
     "NON_LIVE_CATEGORY",
     "PROMPT_PATH",
     "VERSION_PREFIX",
+    "add_language_specific_hint_to_function_doc",
+    "add_python_hint",
     "ast_checker",
     "clear_api_state",
     "combine_consecutive_user_prompts",

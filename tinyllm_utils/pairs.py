@@ -526,8 +526,7 @@ def to_preference_dataset(pairs: list[dict], prompt_format: str, tokenizer=None,
     features = Features({column: Value("string") for column in PAIR_COLUMNS})
     by_split: dict[str, list[dict]] = {split: [] for split in splits}
     for pair in pairs:
-        messages = first_turn_messages({"id": pair["id"], "question": [json.loads(pair["messages"])],
-                                        "function": json.loads(pair["functions"])})[0]
+        messages = first_turn_messages(_entry(pair))[0]  # hinted docs: the evaluation prompt (row_entry)
         chosen = format_example(messages, pair["chosen"], prompt_format, tokenizer)
         rejected = format_example(messages, pair["rejected"], prompt_format, tokenizer)
         by_split.setdefault(pair["split"], []).append(
@@ -618,5 +617,7 @@ def bfcl_rows_as_stage02(categories=CATEGORIES, per_category: int = 3, seed: int
             rows[splits[number % len(splits)]].append({
                 "id": example.id, "source": "bfcl", "category": category,
                 "messages": json.dumps(example.entry["question"][0]),
-                "functions": json.dumps(example.entry["function"]), "target": json.dumps(target), "augmentation": ""})
+                # rows keep docs unhinted, as stage 02 saves them; row_entry adds bfcl's hint when prompting
+                "functions": json.dumps(example.scoring_entry["function"]), "target": json.dumps(target),
+                "augmentation": ""})
     return DatasetDict({split: Dataset.from_list(split_rows) for split, split_rows in rows.items()})

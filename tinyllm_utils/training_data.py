@@ -307,9 +307,12 @@ def check_target_parses(row: dict) -> tuple[str, str] | None:
             return f"target[{i}]", f"expected {{name: {{arg: value}}}}, got {json.dumps(call, default=str)[:200]}"
         if not _is_literal(next(iter(call.values()))):
             return f"target[{i}]", "arguments must be JSON literals"
-    if not isinstance(row.get("functions"), list) or not all(isinstance(d, dict) and "name" in d
-                                                              for d in row["functions"]):
-        return "functions", "expected a list of function docs with a name"
+    # bfcl's prompt path (its language hint) reads each doc's description and parameters.properties
+    if not isinstance(row.get("functions"), list) or not all(
+            isinstance(d, dict) and "name" in d and isinstance(d.get("description"), str)
+            and isinstance(d.get("parameters"), dict) and isinstance(d["parameters"].get("properties"), dict)
+            for d in row["functions"]):
+        return "functions", "expected a list of function docs with a name, a description and parameters.properties"
     return None
 
 
@@ -403,9 +406,25 @@ def apply_check(rows: list[dict], rule: str) -> tuple[list[dict], list[dict]]:
 # ---------------------------------------------------------------- saved rows as BFCL entries
 
 
+def _field(row: dict, name: str):
+    """A row field as a structure: saved rows hold JSON strings, rows inside stage 02 hold lists."""
+    value = row[name]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def row_scoring_entry(row: dict) -> dict:
+    """A row as the BFCL entry the checker scores: id, question (one turn), function docs without the hint,
+    as evaluation scores (data.Example.scoring_entry). Accepts saved (JSON) and in-stage (list) rows."""
+    return {"id": row["id"], "question": [_field(row, "messages")], "function": _field(row, "functions")}
+
+
 def row_entry(row: dict) -> dict:
-    """A saved row (JSON columns) as a BFCL entry: id, question (one turn), function docs."""
-    return {"id": row["id"], "question": [json.loads(row["messages"])], "function": json.loads(row["functions"])}
+    """A row as the BFCL entry evaluation *prompts*: the function docs carry bfcl's Python language hint,
+    exactly as bfcl's loader adds it (data.Example.entry). The one path row -> entry -> prompt for SFT rows,
+    DPO pairs, GRPO prompts and stage-02 lengths (prompt_of)."""
+    entry = row_scoring_entry(row)
+    entry["function"] = bfcl.add_python_hint(entry["function"])
+    return entry
 
 
 def _possible_answer(value, schema: dict) -> list:
@@ -420,15 +439,16 @@ def _possible_answer(value, schema: dict) -> list:
 
 
 def row_example(row: dict) -> Example:
-    """A stage-02 row as an `Example` the official checker scores (target -> BFCL possible answers)."""
-    entry = row_entry(row)
+    """A stage-02 row as an `Example` the official checker scores (target -> BFCL possible answers); like a
+    BFCL example, `entry` is prompted (hinted docs) and `scoring_entry` is scored (docs as saved)."""
+    scoring_entry = row_scoring_entry(row)
     ground_truth = None
     if row["category"] != "irrelevance":
-        docs = {f["name"]: f["parameters"].get("properties", {}) for f in entry["function"]}
+        docs = {f["name"]: f["parameters"].get("properties", {}) for f in scoring_entry["function"]}
         ground_truth = [{name: {arg: _possible_answer(value, docs.get(name, {}).get(arg, {}))
                                 for arg, value in args.items()}}
-                        for call in json.loads(row["target"]) for name, args in call.items()]
-    return Example(row["id"], row["category"], entry, entry, ground_truth)
+                        for call in _field(row, "target") for name, args in call.items()]
+    return Example(row["id"], row["category"], row_entry(row), scoring_entry, ground_truth)
 
 
 
@@ -476,9 +496,9 @@ def remove_near_duplicates(rows: list[dict], threshold: float) -> tuple[list[dic
 
 
 def prompt_of(row: dict, prompt_format: str = "gemma", tokenizer=None) -> str:
-    """The exact evaluation prompt for a row (BFCL system prompt + messages, in the model's format)."""
-    entry = {"id": row["id"], "question": [row["messages"]], "function": row["functions"]}
-    return format_prompt(first_turn_messages(entry)[0], prompt_format, tokenizer)
+    """The exact evaluation prompt for a row (BFCL system prompt + hinted docs + messages, in the model's
+    format): the same text evaluate.py builds for a BFCL entry (tests/test_prompt_identity.py)."""
+    return format_prompt(first_turn_messages(row_entry(row))[0], prompt_format, tokenizer)
 
 
 def token_counter(model: str):
