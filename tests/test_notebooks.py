@@ -1,17 +1,53 @@
-"""Notebooks: committed clean, defaults equal the smoke profile, and the smoke pipeline (01 -> 02 -> 03) runs."""
+"""Notebooks and the smoke pipeline: jupytext pairs, clean commits, parameters = smoke profile, honest resume.
+
+The pipeline tests run the real smoke workload (gemma-3-270m on llama.cpp) into temporary folders: once
+uninterrupted (the reference), once killed with SIGKILL in the middle of stage 01 and again in the middle of
+stage 03 and resumed, and once with one stage-02 parameter changed.
+"""
 
 import ast
 import csv
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nbformat
 import papermill
+import psutil
 import pytest
 from datasets import load_from_disk
 
-from tinyllm_utils.pipeline import NOTEBOOK_DIR, load_profiles, run_pipeline
+from tinyllm_utils.notebooks import unsynced_cells
+from tinyllm_utils.pipeline import NOTEBOOK_DIR, PROJECT_ROOT, STAGES, resolve_profile, run_pipeline
+from tinyllm_utils.results import read_jsonl
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+SMOKE = resolve_profile("smoke")["stages"]
+VOLATILE = {"seconds"}  # wall-clock timing: the only field of a prediction that may differ between runs
+
+
+def test_every_stage_has_a_notebook_pair():
+    assert [p.stem for p in NOTEBOOKS] == list(STAGES)
+    assert not (NOTEBOOK_DIR / "build").exists()  # no notebooks generated from code held in strings
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_and_its_py_percent_twin_agree(path):
+    assert path.with_suffix(".py").read_text().count('# %% tags=["parameters"]') == 1
+    assert unsynced_cells(path) == []
+
+
+def test_a_diverging_pair_is_detected(tmp_path):
+    source = NOTEBOOKS[0]
+    shutil.copy(source, tmp_path / source.name)
+    text = source.with_suffix(".py").read_text().replace("pd.set_option", "pd.set_option  # edited", 1)
+    (tmp_path / source.with_suffix(".py").name).write_text(text)
+    assert unsynced_cells(tmp_path / source.name)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -25,44 +61,146 @@ def test_notebook_is_clean_with_one_parameters_cell(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_defaults_are_the_smoke_profile(path):
     stage = path.stem
-    profile = load_profiles()["smoke"]["stages"][stage]
     defaults = {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(path)).items()}
-    stage_dir = defaults.pop("stage_dir")
-    assert defaults == profile
-    assert stage_dir == f"outputs/smoke/{stage}"
-    for name in ("quick", "full", "paper"):  # every profile sets every parameter
-        assert set(load_profiles()[name]["stages"][stage]) == set(profile)
+    assert defaults.pop("stage_dir") == f"outputs/smoke/{stage}"
+    assert defaults == SMOKE[stage]
 
 
-def test_smoke_pipeline_runs_end_to_end_and_resumes(tmp_path, capsys):
-    run_root = run_pipeline("smoke", run_id="smoke-test", output_root=tmp_path, progress=False)
-    stage = run_root / "01_baseline_evaluation"
-    assert (stage / "01_baseline_evaluation.ipynb").exists() and (stage / "DONE.json").exists()
+# ---------------------------------------------------------------- the smoke pipeline, for real
+
+
+def _predictions(run_root: Path) -> dict:
+    out = {}
+    for path in sorted((run_root / "01_baseline_evaluation").glob("*/predictions/*.jsonl")):
+        rows = read_jsonl(path)
+        assert len({r["id"] for r in rows}) == len(rows), f"duplicate rows in {path}"
+        out[path.relative_to(run_root).as_posix()] = [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+    return out
+
+
+def _pairs(run_root: Path) -> dict:
+    saved = load_from_disk(str(run_root / "03_pair_construction" / "pairs"))
+    return {split: data.to_list() for split, data in saved.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted smoke run (01 -> 02 -> 03)."""
+    root = tmp_path_factory.mktemp("outputs")
+    return run_pipeline("smoke", run_id="reference", output_root=root, progress=False)
+
+
+def test_smoke_pipeline_writes_every_stage(reference):
+    stage = reference / "01_baseline_evaluation"
     executed = nbformat.read(stage / "01_baseline_evaluation.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     metrics = json.loads((stage / "gemma-3-270m" / "metrics.json").read_text())
-    smoke = load_profiles()["smoke"]["stages"]["01_baseline_evaluation"]
+    smoke = SMOKE["01_baseline_evaluation"]
     assert list(metrics["categories"]) == smoke["categories"]
     for category, m in metrics["categories"].items():
         expected = smoke["multi_turn_limit"] if category.startswith("multi_turn") else smoke["limit"]
         lines = (stage / "gemma-3-270m" / "predictions" / f"{category}.jsonl").read_text().splitlines()
         assert m["n"] == expected == len(lines)
 
-    data = run_root / "02_data_filtering"
+    data = reference / "02_data_filtering"
     report = {r["step"]: r for r in csv.DictReader((data / "filter_report.csv").open())}
     assert int(report["decontamination"]["removed"]) >= 398  # chatable and multi_turn_composite, measured
     dataset = load_from_disk(str(data / "dataset"))
     assert len(dataset["train"]) > 100 and len(dataset["validation"]) > 20
 
-    pairs_dir = run_root / "03_pair_construction"
-    saved = load_from_disk(str(pairs_dir / "pairs"))
-    assert sum(len(split) for split in saved.values()) >= load_profiles()["smoke"]["stages"][
-        "03_pair_construction"]["limit"]
+    saved = _pairs(reference)
+    assert sum(len(split) for split in saved.values()) >= SMOKE["03_pair_construction"]["limit"]
     for split in saved.values():
         for pair in split:
             assert pair["prompt"].endswith("<start_of_turn>model\n") and pair["chosen"] != pair["rejected"]
-    assert (pairs_dir / "review_sample.csv").exists() and (pairs_dir / "DONE.json").exists()
+    for name in STAGES:
+        marker = json.loads((reference / name / "stage.json").read_text())
+        assert marker["parameters"] == SMOKE[name] and len(marker["key"]) == 64
+        assert not (reference / name / "stage.running.json").exists()
+    assert json.loads((reference / "03_pair_construction" / "stage.json").read_text())["inputs"] == {
+        "02_data_filtering": json.loads((data / "stage.json").read_text())["key"]}
 
+
+def test_rerun_with_nothing_changed_skips_every_stage(reference, capsys):
     capsys.readouterr()
-    run_pipeline("smoke", run_id="smoke-test", output_root=tmp_path, progress=False)
-    assert "already done, skipped" in capsys.readouterr().out
+    run_pipeline("smoke", run_id="reference", output_root=reference.parent, progress=False)
+    out = capsys.readouterr().out
+    assert out.count("skipped (done)") == len(STAGES), out
+
+
+def test_upstream_change_reruns_exactly_the_stages_downstream(reference, tmp_path, capsys):
+    root = tmp_path / "outputs"
+    shutil.copytree(reference, root / "reference")
+    capsys.readouterr()
+    run_pipeline("smoke", run_id="reference", output_root=root, progress=False,
+                 overrides={"02_data_filtering": {"max_distractors": 2}})
+    out = capsys.readouterr().out
+    assert "01_baseline_evaluation: skipped (done)" in out
+    assert "02_data_filtering: rerun (max_distractors: 3 -> 2)" in out
+    assert "03_pair_construction: rerun (input 02_data_filtering changed)" in out
+    stale = sorted(p.name for p in (root / "reference" / ".stale").iterdir())
+    assert [name.rsplit("-", 1)[0] for name in stale] == ["02_data_filtering", "03_pair_construction"]
+
+
+def _start(run_id: str, root: Path) -> subprocess.Popen:
+    env = dict(os.environ, TINYLLM_OUTPUTS=str(root), PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "tinyllm_utils.pipeline", "--profile", "smoke", "--run-id", run_id],
+                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: the notebook kernel dies with it
+
+
+def _kill_all(process: subprocess.Popen) -> None:
+    """SIGKILL the pipeline and everything it started (the notebook kernel runs in a session of its own)."""
+    family = psutil.Process(process.pid).children(recursive=True)
+    os.killpg(process.pid, signal.SIGKILL)
+    for child in family:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(timeout=60)
+    psutil.wait_procs(family, timeout=30)
+
+
+def _kill_when(process: subprocess.Popen, ready, what: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            pytest.fail(f"the pipeline ended before {what}:\n{process.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            _kill_all(process)
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+    _kill_all(process)
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_sigkill_mid_stage_01_and_mid_stage_03_then_resume_gives_identical_results(reference, tmp_path):
+    root = tmp_path / "outputs"
+    run = root / "killed"
+    first_category = SMOKE["01_baseline_evaluation"]["categories"][1]  # one category finished, the next started
+    _kill_when(_start("killed", root),
+               lambda: _lines(run / "01_baseline_evaluation/gemma-3-270m/predictions" / f"{first_category}.jsonl") >= 1,
+               "stage 01 to be half-way")
+    assert not (run / "01_baseline_evaluation" / "stage.json").exists()  # never taken as finished
+
+    generations = run / "03_pair_construction" / "generations"
+    _kill_when(_start("killed", root),
+               lambda: generations.exists() and any(_lines(p) >= 2 for p in generations.glob("*.jsonl")),
+               "stage 03 to be half-way")
+    assert (run / "01_baseline_evaluation" / "stage.json").exists()
+    assert not (run / "03_pair_construction" / "stage.json").exists()
+
+    finish = _start("killed", root)
+    out, _ = finish.communicate(timeout=900)
+    assert finish.returncode == 0, out[-3000:]
+    assert "01_baseline_evaluation: skipped (done)" in out and "02_data_filtering: skipped (done)" in out
+    assert "03_pair_construction: resumed" in out
+    assert _predictions(run) == _predictions(reference)
+    assert _pairs(run) == _pairs(reference)
+    for name in STAGES:
+        assert json.loads((run / name / "stage.json").read_text())["key"] == \
+            json.loads((reference / name / "stage.json").read_text())["key"]

@@ -185,26 +185,19 @@ def test_preference_dataset_uses_the_evaluation_prompt(candidates):
         assert row["kind"] in pairs.KINDS and row["checker_error"]
 
 
-def test_save_is_atomic_and_reused(candidates, stage02, tmp_path):
+def test_save_is_atomic(candidates, tmp_path):
     built, outcomes = pairs.build_pairs(candidates, {}, _config())
     dataset = pairs.to_preference_dataset(built, "gemma")
-    config = _config()
-    key = pairs.run_key(config, stage02)
-    assert pairs.load_finished(tmp_path, key) is None
-    card = pairs.pairs_card(config, candidates, [], outcomes, built, None, "fixture")
-    saved = pairs.save_pairs(tmp_path, dataset, pairs.pair_stats(built), card, key)
+    card = pairs.pairs_card(_config(), candidates, [], outcomes, built, None, "fixture")
+    (tmp_path / "pairs.partial").mkdir()  # left over by a killed run: never taken as the result
+    saved = pairs.save_pairs(tmp_path, dataset, pairs.pair_stats(built), card)
     assert {s: len(d) for s, d in saved.items()} == {s: len(d) for s, d in dataset.items()}
-    for name in ("pairs/dataset_dict.json", "pair_stats.csv", "pairs_card.json", "pairs_done.json"):
+    for name in ("pairs/dataset_dict.json", "pair_stats.csv", "pairs_card.json"):
         assert (tmp_path / name).exists()
     assert not (tmp_path / "pairs.partial").exists()
     assert json.loads((tmp_path / "pairs_card.json").read_text())["pairs"] == len(built)
     stats = pd.read_csv(tmp_path / "pair_stats.csv")
     assert list(stats.columns) == ["split", "category", "kind", "pairs"] and stats["pairs"].sum() == len(built)
-    assert pairs.load_finished(tmp_path, key) is not None
-    assert pairs.load_finished(tmp_path, pairs.run_key(_config(seed=1), stage02)) is None
-    marker_time = (tmp_path / "pairs_done.json").stat().st_mtime_ns
-    pairs.save_pairs(tmp_path, dataset.filter(lambda r: False), pairs.pair_stats(built), card, key)
-    assert (tmp_path / "pairs_done.json").stat().st_mtime_ns == marker_time  # reused, not rewritten
 
 
 def test_generations_are_cached_and_resume(candidates, tmp_path):

@@ -104,13 +104,26 @@ def _call(node: ast.Call) -> dict:
 
 
 def decode_python(text: str) -> list[dict]:
-    """Parse `[f(a=1), g(b='x')]` (brackets optional) into `[{'f': {'a': 1}}, {'g': {'b': 'x'}}]`."""
+    """Parse `[f(a=1), g(b='x')]` (brackets optional) into `[{'f': {'a': 1}}, {'g': {'b': 'x'}}]`.
+
+    Any text ends as a call list or a DecodeError (never another exception): callers rely on it, and a greedy
+    decoder would otherwise crash on the same entry at every resume.
+    """
     source = _wrap_in_brackets(text).strip().strip("'")
     try:
         tree = ast.parse(source, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-        raise DecodeError(f"not Python syntax: {exc}") from None
-    body = tree.body
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
+        raise DecodeError(f"not Python syntax: {type(exc).__name__}: {str(exc)[:200]}") from None
+    try:
+        return _calls(tree.body)
+    except DecodeError:
+        raise
+    except (TypeError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
+        # e.g. an unhashable dict key `{[1]: 2}`, or nesting deeper than the interpreter's recursion limit
+        raise DecodeError(f"not a literal call list: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _calls(body: ast.AST) -> list[dict]:
     if isinstance(body, ast.Call):
         return [_call(body)]
     if not isinstance(body, (ast.List, ast.Tuple)):
@@ -132,9 +145,14 @@ def decode_ast(text: str, language: str = "python") -> list[dict]:
     wrapped = _wrap_in_brackets(text)[1:-1]
     parser = {"java": bfcl.parse_java_function_call, "javascript": bfcl.parse_javascript_function_call}[language]
     try:
-        return parser(wrapped)
+        decoded = parser(wrapped)
     except Exception as exc:  # tree-sitter parsers raise plain Exceptions on bad input
         raise DecodeError(f"not {language} call syntax: {exc}") from None
+    if not decoded:  # bfcl's parsers say "no call" as [], {} or None: one shape for the scorer
+        return []
+    if not isinstance(decoded, list):
+        raise DecodeError(f"{language} parser returned {type(decoded).__name__}, not a call list")
+    return decoded
 
 
 def to_execution_calls(decoded: list[dict], allowed_names: set[str]) -> tuple[list[str], list[str]]:
@@ -149,7 +167,11 @@ def to_execution_calls(decoded: list[dict], allowed_names: set[str]) -> tuple[li
             if name not in allowed_names or not name.isidentifier():
                 refused.append(name)
                 continue
-            rendered = ", ".join(f"{key}={value!r}" for key, value in args.items() if key.isidentifier())
+            try:
+                rendered = ", ".join(f"{key}={value!r}" for key, value in args.items() if key.isidentifier())
+            except ValueError:  # repr of an int beyond Python's 4300-digit limit: not a call we can pass on
+                refused.append(name)
+                continue
             calls.append(f"{name}({rendered})")
     return calls, refused
 
@@ -175,6 +197,13 @@ def cannot_become_calls(text: str) -> bool:
     Only complete tokens are examined (the last one may still grow, `i` -> `if`), and scanning stops at the
     first token the tokenizer cannot finish (an open single-quoted string), so a True answer is certain.
     """
+    try:
+        return _cannot_become_calls(text)
+    except Exception:  # noqa: BLE001 - unsure means "keep generating": stopping early must be certain
+        return False
+
+
+def _cannot_become_calls(text: str) -> bool:
     source = text.lstrip("`\n ")
     if not source.startswith("["):
         source = "[" + source

@@ -1,74 +1,209 @@
-"""Run the study's numbered notebooks in order with papermill, into `outputs/<run_id>/<stage>/`.
+"""Run the study's numbered notebooks as a DAG with papermill, into `outputs/<run_id>/<stage>/`.
 
-    python -m tinyllm_utils.pipeline --profile quick            # the README's main job
+    python -m tinyllm_utils.pipeline --profile quick                       # the README's main job
     python -m tinyllm_utils.pipeline --profile smoke --run-id ci
+    python -m tinyllm_utils.pipeline --profile quick --set 02_data_filtering.max_distractors=2
+    python -m tinyllm_utils.pipeline --profile quick --force 03_pair_construction
 
-Parameters come from `configs/profiles.yaml`. Each stage writes its executed notebook beside its results and,
-last, a `DONE.json` marker (atomic rename); a rerun skips stages whose marker matches the parameters, and a
-stage interrupted half-way resumes its evaluation from the predictions already on disk.
+Parameters have one home each: the stage's config dataclass holds the defaults (the cheapest, `smoke`,
+workload), and `configs/profiles.yaml` holds only what a profile changes (`quick` inherits `smoke`, `full`
+inherits `quick`, ...). Each stage declares the stages it reads (`STAGES`); its completion key covers its own
+parameters, the keys of those inputs and the code version (tinyllm_utils.stage). So a stage is skipped only when
+nothing it depends on changed, and changing a parameter upstream reruns exactly the stages downstream of it.
+Every stage prints "skipped (done)", "rerun (what changed)", "resumed" or "run".
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import importlib
+import os
 import sys
 import time
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 import yaml
 
+from tinyllm_utils import stage as stage_lib
 from tinyllm_utils.results import manifest, write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-OUTPUT_ROOT = PROJECT_ROOT / "outputs"
+# Tests point this at a temporary folder (conftest.py), so nothing they run writes into the repository.
+OUTPUT_ROOT = Path(os.environ.get("TINYLLM_OUTPUTS", PROJECT_ROOT / "outputs"))
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    config: str  # "module:Class", the dataclass whose fields are the stage's parameters and defaults
+    inputs: tuple[str, ...] = ()  # stages whose results this one reads
+
+
+STAGES: dict[str, StageSpec] = {
+    "01_baseline_evaluation": StageSpec("tinyllm_utils.evaluate:BaselineConfig"),
+    "02_data_filtering": StageSpec("tinyllm_utils.training_data:DataConfig"),
+    "03_pair_construction": StageSpec("tinyllm_utils.pairs:PairConfig", ("02_data_filtering",)),
+}
+
+
+def config_class(stage: str):
+    module, name = STAGES[stage].config.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def stage_parameters(config) -> dict:
+    """A config dataclass as the notebook's parameters (fields a stage does not take are left out)."""
+    skip = getattr(config, "NOT_STAGE_PARAMETERS", ())
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+
+
+def default_parameters(stage: str) -> dict:
+    return stage_parameters(config_class(stage)())
+
+
+def build_config(stage: str, parameters: dict):
+    """Validate parameters through the stage's dataclass (HfArgumentParser: unknown names are refused)."""
+    from transformers import HfArgumentParser
+
+    try:
+        (config,) = HfArgumentParser(config_class(stage)).parse_dict(parameters)
+    except ValueError as exc:
+        raise SystemExit(f"stage {stage}: {exc}") from None
+    return config
+
+
+def config_from_parameters(config_cls, namespace: dict):
+    """A notebook's config from its `parameters` cell: `config_from_parameters(DataConfig, globals())`.
+
+    Every field of the dataclass must be set in the namespace (the parameters cell lists them all), so a field
+    added to the dataclass but missing from the notebook is an error here rather than a silent default.
+    """
+    from transformers import HfArgumentParser
+
+    skip = getattr(config_cls, "NOT_STAGE_PARAMETERS", ())
+    names = [f.name for f in dataclasses.fields(config_cls) if f.init and f.name not in skip]
+    missing = [name for name in names if name not in namespace]
+    if missing:
+        raise NameError(f"the parameters cell does not set {missing} ({config_cls.__name__} fields)")
+    (config,) = HfArgumentParser(config_cls).parse_dict({name: namespace[name] for name in names})
+    return config
+
+
+def resolve_stage_dir(stage_dir: str | Path) -> Path:
+    """A notebook's `stage_dir`: absolute as given; `outputs/...` under OUTPUT_ROOT; else from the project root."""
+    path = Path(stage_dir)
+    if path.is_absolute():
+        return path
+    if path.parts and path.parts[0] == "outputs":
+        return OUTPUT_ROOT.joinpath(*path.parts[1:])
+    return PROJECT_ROOT / path
 
 
 def load_profiles() -> dict:
     return yaml.safe_load(files("tinyllm_utils").joinpath("configs/profiles.yaml").read_text())
 
 
-def stage_dir(run_id: str, stage: str, output_root: Path = OUTPUT_ROOT) -> Path:
-    return Path(output_root) / run_id / stage
+def resolve_profile(name: str, overrides: dict | None = None) -> dict:
+    """{"stages": {stage: parameters}, "description": ...}: defaults <- each inherited profile <- overrides."""
+    profiles = load_profiles()
+    chain, current = [], name
+    while current is not None:
+        if current not in profiles:
+            raise SystemExit(f"unknown profile {current!r}; choose one of {', '.join(profiles)}")
+        chain.append(profiles[current])
+        current = profiles[current].get("inherits")
+    stages = next(p["stages"] for p in chain if "stages" in p)
+    resolved = {}
+    for stage in stages:
+        if stage not in STAGES:
+            raise SystemExit(f"profile {name!r} names stage {stage!r}, which the pipeline does not have")
+        parameters = default_parameters(stage)
+        for profile in reversed(chain):
+            parameters.update((profile.get("parameters") or {}).get(stage) or {})
+        parameters.update((overrides or {}).get(stage, {}))
+        resolved[stage] = stage_parameters(build_config(stage, parameters))
+    return {"description": chain[0].get("description", ""), "stages": resolved}
+
+
+def parse_overrides(assignments: list[str]) -> dict:
+    """`stage.name=value` (value in YAML) -> {stage: {name: value}}."""
+    overrides: dict[str, dict] = {}
+    for assignment in assignments or []:
+        target, sep, value = assignment.partition("=")
+        stage, dot, name = target.partition(".")
+        if not (sep and dot and stage in STAGES):
+            raise SystemExit(f"--set {assignment!r}: expected STAGE.NAME=VALUE with STAGE one of {list(STAGES)}")
+        overrides.setdefault(stage, {})[name] = yaml.safe_load(value)
+    return overrides
+
+
+def notebook_path(stage: str) -> Path:
+    return NOTEBOOK_DIR / f"{stage}.ipynb"
+
+
+def _check_pairing(stage: str) -> None:
+    """The .ipynb papermill runs must say what its jupytext .py twin says (readers edit either)."""
+    from tinyllm_utils.notebooks import unsynced_cells
+
+    problems = unsynced_cells(notebook_path(stage))
+    if problems:
+        raise SystemExit(f"{notebook_path(stage).name} and its .py differ ({problems[0]}); run "
+                         f"`jupytext --sync notebooks/{stage}.py` first")
 
 
 def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | None = None,
-                 output_root: Path = OUTPUT_ROOT, progress: bool = True) -> Path:
+                 output_root: Path | None = None, progress: bool = True, overrides: dict | None = None,
+                 force: list[str] | None = None) -> Path:
     import papermill
 
-    profiles = load_profiles()
-    if profile not in profiles:
-        raise SystemExit(f"unknown profile {profile!r}; choose one of {', '.join(profiles)}")
-    plan = profiles[profile]["stages"]
-    unknown = set(stages or []) - set(plan)
+    plan = resolve_profile(profile, overrides)["stages"]
+    unknown = set(stages or []) | set(force or [])
+    unknown -= set(plan)
     if unknown:
         raise SystemExit(f"profile {profile!r} has no stage {sorted(unknown)}; it has {list(plan)}")
     run_id = run_id or profile
-    run_root = Path(output_root) / run_id
+    run_root = Path(output_root or OUTPUT_ROOT) / run_id
     write_json_atomic(run_root / "pipeline.json", manifest({"profile": profile, "stages": plan}, run_id=run_id))
 
+    keys: dict[str, str | None] = {}
     for index, (stage, parameters) in enumerate(plan.items(), 1):
-        if stages and stage not in stages:
+        out = run_root / stage
+        prefix = f"[{index}/{len(plan)}] {stage}"
+        missing = [s for s in STAGES[stage].inputs if s not in plan]
+        if missing:
+            raise SystemExit(f"{prefix}: reads {missing}, which profile {profile!r} does not run")
+        inputs = {s: keys.get(s) or stage_lib.completed_key(run_root / s) for s in STAGES[stage].inputs}
+        if stages is not None and stage not in stages:
+            keys[stage] = stage_lib.completed_key(out)
             continue
-        out = stage_dir(run_id, stage, output_root)
-        marker = out / "DONE.json"
-        parameters = dict(parameters, stage_dir=str(out))
-        if marker.exists() and json.loads(marker.read_text()).get("parameters") == parameters:
-            print(f"[{index}/{len(plan)}] {stage}: already done, skipped ({marker})")
+        not_ready = [s for s, key in inputs.items() if key is None]
+        if not_ready:
+            raise SystemExit(f"{prefix}: its input stages {not_ready} have not finished; run them first")
+        _check_pairing(stage)
+        material = {"parameters": parameters, "inputs": inputs,
+                    "files": stage_lib.file_digests(parameters, resolve=lambda v: PROJECT_ROOT / v),
+                    "code": {"package": stage_lib.package_code_version(),
+                             "notebook": stage_lib.notebook_code_version(notebook_path(stage))}}
+        work = stage_lib.open_work(out, material, force=stage in (force or []))
+        if work.status == "done":
+            print(f"{prefix}: skipped (done)")
+            keys[stage] = work.key
             continue
-        print(f"[{index}/{len(plan)}] {stage}: running -> {out}")
-        out.mkdir(parents=True, exist_ok=True)
+        print(f"{prefix}: {work.describe()} -> {out}" + (f" (previous results in {work.moved_to})"
+                                                         if work.moved_to else ""), flush=True)
         start = time.time()
         papermill.execute_notebook(
-            str(NOTEBOOK_DIR / f"{stage}.ipynb"), str(out / f"{stage}.ipynb"), parameters=parameters,
-            cwd=str(PROJECT_ROOT), progress_bar=progress, kernel_name="python3",
+            str(notebook_path(stage)), str(out / f"{stage}.ipynb"), parameters=dict(parameters, stage_dir=str(out)),
+            cwd=str(PROJECT_ROOT), progress_bar=False, kernel_name="python3",
             # forward the notebook's own output (per-entry progress bars) to this terminal
             stdout_file=sys.stdout if progress else None, stderr_file=sys.stderr if progress else None,
         )
-        write_json_atomic(marker, {"parameters": parameters, "seconds": round(time.time() - start, 1)})
-        print(f"[{index}/{len(plan)}] {stage}: done in {time.time() - start:.0f} s")
+        stage_lib.finish_work(work, seconds=round(time.time() - start, 1))
+        keys[stage] = work.key
+        print(f"{prefix}: done in {time.time() - start:.0f} s", flush=True)
     return run_root
 
 
@@ -77,8 +212,16 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", default="quick", help="smoke | quick | full | paper (configs/profiles.yaml)")
     parser.add_argument("--run-id", default=None, help="output folder under outputs/ (default: the profile name)")
     parser.add_argument("--stages", nargs="*", default=None, help="only these stages, e.g. 01_baseline_evaluation")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.NAME=VALUE",
+                        help="override one parameter (YAML value), e.g. 03_pair_construction.limit=10")
+    parser.add_argument("--force", nargs="*", default=[], metavar="STAGE", help="rerun these stages even if done")
+    parser.add_argument("--show", action="store_true", help="print the resolved parameters of each stage and stop")
     args = parser.parse_args(argv)
-    run_root = run_pipeline(args.profile, args.run_id, args.stages)
+    if args.show:
+        print(yaml.safe_dump(resolve_profile(args.profile, parse_overrides(args.overrides)), sort_keys=False))
+        return
+    run_root = run_pipeline(args.profile, args.run_id, args.stages, overrides=parse_overrides(args.overrides),
+                            force=args.force)
     print(f"results in {run_root}")
 
 

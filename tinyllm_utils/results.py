@@ -73,6 +73,12 @@ class PredictionWriter:
         self.done[row["id"]] = row
 
 
+def model_folder_name(model: str) -> str:
+    """One folder per model, also for a hub id: `Salesforce/xLAM-2-1b-fc-r` -> `Salesforce--xLAM-2-1b-fc-r`
+    (an `org/name` folder pair would hide the model one level deeper than every other)."""
+    return str(model).replace("/", "--")
+
+
 def package_versions() -> dict[str, str | None]:
     versions = {}
     for name in TRACKED_PACKAGES:

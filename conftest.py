@@ -1,0 +1,13 @@
+"""Hermetic test runs (unit tests, nbval on notebooks/, the smoke pipeline): nothing is written into the
+repository or the user's home. Set before anything is imported, so notebook kernels inherit it too."""
+
+import os
+import tempfile
+
+_scratch = tempfile.mkdtemp(prefix="tinyllm-tests-")
+os.environ.setdefault("TINYLLM_OUTPUTS", os.path.join(_scratch, "outputs"))  # notebooks' `outputs/...`
+os.environ.setdefault("TINYLLM_CACHE", os.path.join(_scratch, "cache"))  # the embedded model's copies
+os.environ.setdefault("HF_HOME", os.path.join(_scratch, "hf"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub; fail fast instead of timing out
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(_scratch, "matplotlib"))
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,141 @@
+"""The one completion/resume mechanism (tinyllm_utils.stage) and the profile/parameter plumbing of the pipeline."""
+
+import json
+
+import pytest
+
+from tinyllm_utils import pipeline, stage
+
+
+def material(**parameters):
+    return {"parameters": parameters, "inputs": {"02_data_filtering": "abc"}, "code": {"package": "v1"}}
+
+
+def test_run_then_done_then_resume_rules(tmp_path):
+    folder = tmp_path / "03_pair_construction"
+    work = stage.open_work(folder, material(limit=6))
+    assert work.status == "run" and (folder / stage.RUNNING).exists()
+    (folder / "partial.jsonl").write_text('{"id": 1}\n')
+    again = stage.open_work(folder, material(limit=6))  # killed before finishing: same key resumes
+    assert again.status == "resume" and (folder / "partial.jsonl").exists()
+    stage.finish_work(again, seconds=1.0)
+    assert not (folder / stage.RUNNING).exists() and stage.completed_key(folder) == again.key
+    assert stage.open_work(folder, material(limit=6)).status == "done"
+
+
+def test_changed_parameters_inputs_or_code_move_old_results_aside(tmp_path):
+    folder = tmp_path / "03_pair_construction"
+    stage.finish_work(stage.open_work(folder, material(limit=6)))
+    (folder / "pairs.txt").write_text("old")
+    changed = dict(material(limit=10), inputs={"02_data_filtering": "def"}, code={"package": "v2"})
+    work = stage.open_work(folder, changed)
+    assert work.status == "rerun"
+    assert work.changes == ["limit: 6 -> 10", "input 02_data_filtering changed", "package code changed"]
+    assert "rerun (limit: 6 -> 10;" in work.describe()
+    assert not (folder / "pairs.txt").exists() and (work.moved_to / "pairs.txt").read_text() == "old"
+    assert work.moved_to.parent == tmp_path / ".stale" and stage.completed_key(folder) is None
+
+
+def test_refuse_names_the_difference_and_keeps_the_files(tmp_path):
+    stage.open_work(tmp_path, {"parameters": {"max_new_tokens": 256}}, on_mismatch="refuse")
+    (tmp_path / "predictions.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="max_new_tokens: 256 -> 64"):
+        stage.open_work(tmp_path, {"parameters": {"max_new_tokens": 64}}, on_mismatch="refuse")
+    assert (tmp_path / "predictions.jsonl").exists()
+
+
+def test_unkeyed_leftovers_are_never_taken_as_results(tmp_path):
+    (tmp_path / "stage" / "predictions").mkdir(parents=True)
+    work = stage.open_work(tmp_path / "stage", material())
+    assert work.status == "rerun" and work.changes == ["folder holds files from an unkeyed run"]
+
+
+def test_force_reruns_a_finished_stage_and_keeps_the_normal_key(tmp_path):
+    folder = tmp_path / "s"
+    first = stage.open_work(folder, material())
+    stage.finish_work(first)
+    forced = stage.open_work(folder, material(), force=True)
+    assert forced.status == "rerun" and forced.changes == ["--force"] and forced.key == first.key
+    stage.finish_work(forced)
+    assert stage.open_work(folder, material()).status == "done"  # a later plain run does not rerun it again
+
+
+def test_torn_marker_counts_as_absent(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / stage.DONE).write_text('{"key": "x"')  # never produced by the atomic writer, but be safe
+    assert stage.completed_key(folder) is None
+
+
+def test_edited_file_parameter_changes_the_key(tmp_path):
+    review = tmp_path / "review.csv"
+    review.write_text("pair_id,verdict\n1,ok\n")
+    before = stage.file_digests({"review_csv": str(review), "limit": 6})
+    review.write_text("pair_id,verdict\n1,bad\n")
+    after = stage.file_digests({"review_csv": str(review), "limit": 6})
+    assert set(before) == {str(review)} and before != after
+
+
+def test_code_version_covers_sources_not_profiles():
+    assert len(stage.package_code_version()) == 64
+    assert "configs/profiles.yaml" in stage.NOT_CODE
+
+
+# ---------------------------------------------------------------- parameters: one home each
+
+
+def test_profiles_inherit_and_only_list_changes():
+    smoke = pipeline.resolve_profile("smoke")["stages"]
+    quick = pipeline.resolve_profile("quick")["stages"]
+    for name in smoke:
+        assert smoke[name] == pipeline.default_parameters(name)  # the dataclass defaults are the smoke workload
+    assert quick["01_baseline_evaluation"]["limit"] == 25
+    assert quick["02_data_filtering"] == smoke["02_data_filtering"]  # inherited, not copied
+    full = pipeline.resolve_profile("full")["stages"]
+    assert full["01_baseline_evaluation"]["limit"] is None and full["03_pair_construction"]["rejecter_max_new_tokens"] == 128
+    raw = pipeline.load_profiles()
+    for name, profile in raw.items():
+        for stage_name, changes in (profile.get("parameters") or {}).items():
+            parent = raw[name].get("inherits")
+            inherited = pipeline.resolve_profile(parent)["stages"][stage_name] if parent else \
+                pipeline.default_parameters(stage_name)
+            for key, value in changes.items():
+                assert inherited[key] != value, f"{name}.{stage_name}.{key} repeats what it inherits"
+
+
+def test_unknown_parameter_is_refused_with_its_name():
+    with pytest.raises(SystemExit, match="limitt"):
+        pipeline.resolve_profile("smoke", {"03_pair_construction": {"limitt": 3}})
+
+
+def test_set_overrides_parse_yaml_values():
+    assert pipeline.parse_overrides(["02_data_filtering.max_distractors=2", "01_baseline_evaluation.limit=null"]) == {
+        "02_data_filtering": {"max_distractors": 2}, "01_baseline_evaluation": {"limit": None}}
+    with pytest.raises(SystemExit, match="STAGE.NAME=VALUE"):
+        pipeline.parse_overrides(["limit=3"])
+
+
+def test_evaluate_cli_is_generated_from_the_dataclass(capsys):
+    from tinyllm_utils import evaluate
+
+    with pytest.raises(SystemExit):
+        evaluate.main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("--categories", "--limit", "--multi_turn_limit", "--max_new_tokens", "--stop_when_hopeless", "--out"):
+        assert name in out
+    with pytest.raises(SystemExit):
+        evaluate.main(["--limit", "3"])  # --out missing
+    assert "--out is required" in capsys.readouterr().err
+
+
+def test_stage_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.setattr(pipeline, "OUTPUT_ROOT", tmp_path)
+    assert pipeline.resolve_stage_dir("outputs/smoke/01_baseline_evaluation") == tmp_path / "smoke/01_baseline_evaluation"
+    assert pipeline.resolve_stage_dir("/abs/x") == pipeline.Path("/abs/x")
+
+
+def test_pipeline_json_records_the_resolved_parameters(tmp_path):
+    run_root = pipeline.run_pipeline("smoke", run_id="empty", output_root=tmp_path, stages=[], progress=False)
+    recorded = json.loads((run_root / "pipeline.json").read_text())
+    assert recorded["parameters"]["stages"] == pipeline.resolve_profile("smoke")["stages"]
+    assert recorded["git"]["commit"] and recorded["hardware"]["cpu_count"]

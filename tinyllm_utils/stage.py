@@ -1,0 +1,190 @@
+"""Stage bookkeeping: one completion key, one marker and one resume rule for every folder of work.
+
+A *work folder* (a pipeline stage's `outputs/<run_id>/<NN_stage>/`, or one model's evaluation folder) is keyed
+by everything its results depend on. For a pipeline stage that is
+
+    key = sha256(own parameters + the keys of the stages it reads + the code version)
+
+where the code version hashes the package's sources and the stage's notebook. `open_work` compares the key with
+what the folder holds:
+
+* `done`   - `stage.json` (written last, by atomic rename) holds this key: nothing to do;
+* `resume` - an interrupted run with this key left `stage.running.json`: keep its files (predictions are
+             appended entry by entry, generation caches too) and carry on;
+* `rerun`  - the folder holds work made under another key: it is moved aside to `<parent>/.stale/` (never
+             deleted, never mixed with new results) and the folder starts empty; `changes` names what differs;
+* `run`    - nothing there yet.
+
+`finish_work` writes the marker last, so a killed run never looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+
+from tinyllm_utils.results import write_json_atomic
+
+DONE = "stage.json"
+RUNNING = "stage.running.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Profiles are parameters, not code: their values enter each stage's key through its own parameters.
+NOT_CODE = {"configs/profiles.yaml"}
+
+
+def digest(material) -> str:
+    """A stable sha256 of JSON-able material (key order does not matter)."""
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@cache
+def package_code_version() -> str:
+    """sha256 of the package's sources (.py and .yaml files except the profiles), by relative path."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        rel = path.relative_to(PACKAGE_DIR).as_posix()
+        if path.suffix not in (".py", ".yaml", ".csv", ".json") or "__pycache__" in rel or rel in NOT_CODE:
+            continue
+        h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def notebook_code_version(notebook: Path) -> str:
+    """sha256 of a notebook's cell types and sources (not outputs or metadata)."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    return digest([(c["cell_type"], "".join(c["source"])) for c in cells])
+
+
+def file_digests(parameters, resolve=Path) -> dict[str, str]:
+    """sha256 of every existing file a parameter value names (a review CSV, a local user dataset), so that
+    editing such a file in place changes the key just as changing the parameter would."""
+    found: dict[str, str] = {}
+
+    def walk(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and 0 < len(value) < 4096:
+            path = resolve(value)
+            if path.is_file():
+                found[value] = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    walk(parameters)
+    return found
+
+
+@dataclass
+class Work:
+    """What `open_work` found: the status, the key, and (for a rerun) what changed since the folder's run."""
+
+    folder: Path
+    status: str  # done | resume | rerun | run
+    key: str
+    record: dict
+    changes: list[str] = field(default_factory=list)
+    moved_to: Path | None = None
+
+    def describe(self) -> str:
+        if self.status == "done":
+            return "skipped (done)"
+        if self.status == "rerun":
+            return f"rerun ({'; '.join(self.changes)})"
+        return "resumed (interrupted run, same key)" if self.status == "resume" else "run"
+
+
+def _what_changed(old: dict, new: dict) -> list[str]:
+    changes = []
+    old_parameters, new_parameters = old.get("parameters", {}), new.get("parameters", {})
+    for name in sorted(set(old_parameters) | set(new_parameters)):
+        if old_parameters.get(name) != new_parameters.get(name):
+            changes.append(f"{name}: {old_parameters.get(name)!r} -> {new_parameters.get(name)!r}")
+    old_inputs, new_inputs = old.get("inputs", {}), new.get("inputs", {})
+    for name in sorted(set(old_inputs) | set(new_inputs)):
+        if old_inputs.get(name) != new_inputs.get(name):
+            changes.append(f"input {name} changed")
+    for name in sorted(set(old.get("files", {})) | set(new.get("files", {}))):
+        if old.get("files", {}).get(name) != new.get("files", {}).get(name):
+            changes.append(f"file {name} changed")
+    for name in sorted(set(old.get("code", {})) | set(new.get("code", {}))):
+        if old.get("code", {}).get(name) != new.get("code", {}).get(name):
+            changes.append(f"{name} code changed")
+    return changes or ["key changed"]
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None  # a marker is written atomically; unreadable means absent
+
+
+def open_work(folder: str | Path, material: dict, on_mismatch: str = "move", force: bool = False) -> Work:
+    """Open a work folder for `material` ({"parameters": ..., "inputs": ..., "code": ...}).
+
+    `on_mismatch="move"` moves work made under another key aside (pipeline stages); `"refuse"` raises a
+    ValueError naming the differences instead (a user's hand-picked output folder). `force` treats finished
+    or interrupted work with the same key as stale too (`--force STAGE`).
+    """
+    folder = Path(folder)
+    key = digest(material)
+    record = dict(material, key=key)
+    done, running = _read(folder / DONE), _read(folder / RUNNING)
+    if done and done.get("key") == key and not force:
+        return Work(folder, "done", key, done)
+    if running and running.get("key") == key and not done and not force:
+        return Work(folder, "resume", key, record)
+    previous = done or running
+    has_files = folder.exists() and any(p.name not in (DONE, RUNNING) for p in folder.iterdir())
+    if previous is None and not has_files:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / RUNNING, record)
+        return Work(folder, "run", key, record)
+    if force:
+        changes = ["--force"]
+    else:
+        changes = _what_changed(previous, material) if previous else ["folder holds files from an unkeyed run"]
+    if on_mismatch == "refuse":
+        raise ValueError(f"{folder} holds results made with other settings ({'; '.join(changes)}); "
+                         "use another output folder or delete it")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    moved_to = folder.parent / ".stale" / f"{folder.name}-{stamp}"
+    moved_to.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(folder), str(moved_to))
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / RUNNING, record)
+    return Work(folder, "rerun", key, record, changes, moved_to)
+
+
+def finish_work(work: Work, **extra) -> dict:
+    """Write the completion marker last (atomic rename); the running marker goes after it."""
+    record = dict(work.record, **extra,
+                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomic(work.folder / DONE, record)
+    (work.folder / RUNNING).unlink(missing_ok=True)
+    return record
+
+
+def completed_key(folder: str | Path) -> str | None:
+    """The key of a finished stage, or None when it has not finished."""
+    done = _read(Path(folder) / DONE)
+    return done.get("key") if done else None
+
+
+def replace_dir_atomic(build, target: str | Path) -> Path:
+    """Build a folder under a temporary name with `build(path)`, then rename it into place: a reader sees the
+    old folder or the whole new one, never a half-written one (datasets' save_to_disk writes many files)."""
+    target = Path(target)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    build(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
