@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: they reach the terminal through papermill too
 
 from tinyllm_utils import aggregate, model_families
 from tinyllm_utils.backends import make_backend
@@ -25,40 +25,53 @@ from tinyllm_utils.prompts import entry_prompt
 from tinyllm_utils.registry import ModelUnavailableError, resolve_model
 from tinyllm_utils.results import PredictionWriter, manifest, read_jsonl, write_json_atomic
 from tinyllm_utils.scoring import score_example
+from tinyllm_utils.stage import open_work
+
+
+SMOKE_CATEGORIES = ["simple_python", "simple_java", "multiple", "parallel", "parallel_multiple", "irrelevance",
+                    "live_simple", "live_irrelevance", "live_relevance", "multi_turn_base"]
 
 
 @dataclass
 class EvalConfig:
-    model: str = "gemma-3-270m"
-    categories: list[str] = field(default_factory=lambda: ["simple_python"])
-    limit: int | None = 2  # single-turn entries per category (seeded sample); None = the whole category
-    multi_turn_limit: int | None = 1  # multi-turn entries per category (each costs about a minute on 2 cores)
+    """The evaluation protocol. Defaults are the cheapest workload (the `smoke` profile); profiles change them."""
+
+    model: str = field(default="gemma-3-270m", metadata={"help": "registry name, Hugging Face id, checkpoint folder or .gguf"})
+    categories: list[str] = field(default_factory=lambda: list(SMOKE_CATEGORIES),
+                                  metadata={"help": "BFCL categories or groups: non_live live multi_turn single_turn all"})
+    limit: int | None = field(default=2, metadata={"help": "single-turn entries per category (seeded sample); None = all"})
+    multi_turn_limit: int | None = field(default=1, metadata={"help": "multi-turn entries per category (about a minute each on 2 cores)"})
     seed: int = 0
-    backend: str = "llama_cpp"
+    backend: str = field(default="llama_cpp", metadata={"help": "llama_cpp | transformers"})
     max_new_tokens: int = 256
-    batch_size: int = 8
-    stop_when_hopeless: bool = True
+    batch_size: int = field(default=8, metadata={"help": "prompts per batch (transformers backend)"})
+    stop_when_hopeless: bool = field(default=True, metadata={
+        "help": "Python categories: stop once the text can no longer decode as a call list (README)"})
 
     def prediction_keys(self) -> dict:
         """Parameters that change the predictions: a resumed run must match them."""
         keys = asdict(self)
-        keys.pop("categories")
-        keys.pop("limit")
-        keys.pop("multi_turn_limit")
+        for name in ("categories", "limit", "multi_turn_limit", "models"):
+            keys.pop(name, None)  # which entries are scored, not how each is predicted
         keys["bfcl_eval"] = BFCL_EVAL_VERSION
         return keys
 
 
+@dataclass
+class BaselineConfig(EvalConfig):
+    """Stage 01: the protocol above, applied to each of `models` (its single `model` field is not a parameter)."""
+
+    NOT_STAGE_PARAMETERS = ("model",)
+    models: list[str] = field(default_factory=lambda: ["gemma-3-270m"])
+
+    def for_model(self, model: str) -> EvalConfig:
+        fields = {k: v for k, v in asdict(self).items() if k != "models"}
+        return EvalConfig(**dict(fields, model=model))
+
+
 def _check_resumable(out_dir: Path, config: EvalConfig) -> None:
-    run_file = out_dir / "run.json"
-    if not run_file.exists():
-        return
-    previous = json.loads(run_file.read_text()).get("prediction_keys", {})
-    changed = {k: (previous.get(k), v) for k, v in config.prediction_keys().items() if previous.get(k) != v}
-    if changed:
-        detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise ValueError(f"{out_dir} holds predictions made with other parameters ({detail}); "
-                         "use another output folder or delete it")
+    """Predictions in `out_dir` are keyed by what changes them (tinyllm_utils.stage); other keys are refused."""
+    open_work(out_dir, {"parameters": config.prediction_keys()}, on_mismatch="refuse")
 
 
 def _row(example, raw, generation_stats: dict, parser=None) -> dict:
@@ -149,29 +162,36 @@ def rescore(out_dir: str | Path) -> dict:
     return {"metrics": aggregate.summarize(predictions), "changed": changed}
 
 
+@dataclass
+class CommandLine:
+    out: str = field(default=None, metadata={
+        "help": "output folder, e.g. outputs/my_run/01_baseline_evaluation/gemma-3-270m (required unless --dry_run)"})
+    rescore: bool = field(default=False, metadata={"help": "only re-score the raw outputs saved in --out"})
+    dry_run: bool = field(default=False, metadata={
+        "help": "print the mode, parser and a rendered prompt for --model without loading weights"})
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--categories", nargs="+", default=["simple_python"])
-    parser.add_argument("--limit", type=int, default=None, help="single-turn entries per category (seeded sample)")
-    parser.add_argument("--multi-turn-limit", type=int, default=None, help="multi-turn entries per category")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="llama_cpp", choices=["llama_cpp", "transformers"])
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--no-early-stop", action="store_true", help="always generate to end of turn or the cap")
-    parser.add_argument("--out", required=True, help="output folder, e.g. outputs/my_run/01_baseline_evaluation/gemma-3-270m")
-    parser.add_argument("--rescore", action="store_true", help="only re-score the raw outputs saved in --out")
-    args = parser.parse_args(argv)
-    if args.rescore:
-        result = rescore(args.out)
+    from transformers import HfArgumentParser
+
+    # The options are EvalConfig's fields (one home for every default), plus what only the command line needs.
+    parser = HfArgumentParser((EvalConfig, CommandLine), description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    config, cli = parser.parse_args_into_dataclasses(args=argv)
+    if cli.dry_run:
+        from tinyllm_utils.model_families import dry_run
+
+        print(dry_run(config.model, expand_categories(config.categories)[0]))
+        return
+    if not cli.out:
+        parser.error("--out is required")
+    if cli.rescore:
+        result = rescore(cli.out)
         print(aggregate.format_table(result["metrics"]))
         print(f"verdicts changed on re-scoring: {len(result['changed'])} {result['changed'][:20]}")
         raise SystemExit(1 if result["changed"] else 0)
-    config = EvalConfig(args.model, args.categories, args.limit, args.multi_turn_limit, args.seed, args.backend,
-                        args.max_new_tokens, args.batch_size, not args.no_early_stop)
     try:
-        metrics = evaluate(config, args.out)
+        metrics = evaluate(config, cli.out)
     except ModelUnavailableError as exc:
         raise SystemExit(f"error: {exc}") from None  # one clear line, not a traceback
     print(aggregate.format_table(metrics))

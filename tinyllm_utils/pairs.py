@@ -22,7 +22,6 @@ import hashlib
 import json
 import random
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from tinyllm_utils.prompts import (  # noqa: F401  (NO_CALL_ANSWER, render_calls
 from tinyllm_utils.registry import resolve_model
 from tinyllm_utils.results import PredictionWriter, manifest, read_jsonl, write_json_atomic, write_text_atomic
 from tinyllm_utils.scoring import score_single_turn
+from tinyllm_utils.stage import replace_dir_atomic
 from tinyllm_utils.training_data import row_entry as _entry
 from tinyllm_utils.training_data import row_example
 
@@ -64,13 +64,14 @@ class PairConfig:
     model: str = "gemma-3-270m"  # the model the pairs are formatted for (the DPO policy): its prompt format
     rejecter: str = "gemma-3-270m"  # the weaker model whose wrong answers become `rejected`
     backend: str = "llama_cpp"
-    rejecter_max_new_tokens: int = 128
-    batch_size: int = 8
-    limit: int | None = None  # rows per split (seeded, round-robin over categories); None = all
+    rejecter_max_new_tokens: int = 64
+    batch_size: int = 8  # prompts per batch on the transformers backend
+    limit: int | None = 6  # rows per split (seeded, round-robin over categories); None = all
     negatives_per_row: int = 1  # synthetic negatives for a row whose model answer is unusable
     synthetic_ratio: float = 0.5  # share of rows with a usable model answer that also get synthetic negatives
     synthetic_kinds: list[str] = field(default_factory=lambda: list(SYNTHETIC_KINDS))
-    review_per_kind: int = 20
+    review_per_kind: int = 5  # pairs per rejection kind in the review sample
+    review_csv: str | None = None  # a filled-in review sample (verdict column), None before any review
     seed: int = 0
 
     def __post_init__(self):
@@ -173,7 +174,7 @@ def generate_rejections(rows: list[dict], config: PairConfig, cache_path: str | 
     """The rejecter's raw answer for every row ({split/id: text}), generated in batches without stopping
     early (the rejected text must be what the model really writes). The model is loaded only if some row
     is not cached yet; an unavailable model raises `ModelUnavailableError` with one clear message."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from tinyllm_utils.backends import make_backend
 
@@ -511,10 +512,6 @@ def apply_review(pairs: list[dict], csv_path: str | Path) -> tuple[list[dict], d
     return kept, report
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 # ---------------------------------------------------------------- output: the preference dataset
 
 
@@ -537,47 +534,16 @@ def to_preference_dataset(pairs: list[dict], prompt_format: str, tokenizer=None,
                         for split, rows in by_split.items()})
 
 
-def _done_path(stage_dir: Path) -> Path:
-    # Not DONE.json: the pipeline writes that one for the whole stage after the notebook.
-    return Path(stage_dir) / "pairs_done.json"
-
-
-def load_finished(stage_dir: str | Path, run_key: dict):
-    """The saved pairs dataset when a finished run with the same parameters and inputs is on disk, else None."""
-    from datasets import load_from_disk
-
-    done, saved = _done_path(stage_dir), Path(stage_dir) / "pairs"
-    if done.exists() and json.loads(done.read_text()).get("run_key") == run_key and saved.exists():
-        return load_from_disk(str(saved))
-    return None
-
-
-def save_pairs(stage_dir: str | Path, dataset, stats: pd.DataFrame, card: dict, run_key: dict):
-    """Write the pairs dataset, pair_stats.csv and pairs_card.json, then the marker last, so an interrupted run
-    never looks finished. A finished run with the same `run_key` is reused as it is. Returns the dataset."""
+def save_pairs(stage_dir: str | Path, dataset, stats: pd.DataFrame, card: dict):
+    """Write the pairs dataset (renamed into place whole), pair_stats.csv and pairs_card.json. Whether the
+    stage as a whole is finished is the pipeline's marker (tinyllm_utils.stage). Returns the saved dataset."""
     from datasets import load_from_disk
 
     stage_dir = Path(stage_dir)
-    finished = load_finished(stage_dir, run_key)
-    if finished is not None:
-        return finished
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    _done_path(stage_dir).unlink(missing_ok=True)
-    partial = stage_dir / "pairs.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    dataset.save_to_disk(str(partial))
-    shutil.rmtree(stage_dir / "pairs", ignore_errors=True)
-    partial.rename(stage_dir / "pairs")
+    replace_dir_atomic(lambda path: dataset.save_to_disk(str(path)), stage_dir / "pairs")
     _write_csv_atomic(stats, stage_dir / "pair_stats.csv")
     write_json_atomic(stage_dir / "pairs_card.json", card)
-    write_json_atomic(_done_path(stage_dir), {"run_key": run_key})
     return load_from_disk(str(stage_dir / "pairs"))
-
-
-def run_key(config: PairConfig, dataset, review_csv: str | Path | None = None) -> dict:
-    """What the saved pairs depend on: parameters, the input dataset's fingerprints, the review file's content."""
-    return {"config": config.to_dict(), "input": {split: dataset[split]._fingerprint for split in dataset},
-            "review_csv_sha256": file_sha256(review_csv) if review_csv else None}
 
 
 def pairs_card(config: PairConfig, rows: list[dict], chosen_failures: list[dict], outcomes: list[dict],
@@ -621,3 +587,38 @@ def bfcl_rows_as_stage02(categories=CATEGORIES, per_category: int = 3, seed: int
                 "functions": json.dumps(example.scoring_entry["function"]), "target": json.dumps(target),
                 "augmentation": ""})
     return DatasetDict({split: Dataset.from_list(split_rows) for split, split_rows in rows.items()})
+
+
+# ---------------------------------------------------------------- the whole stage
+
+
+def run_stage(config: PairConfig, stage_dir: str | Path, data_dir: str | Path | None = None,
+              progress: bool = True) -> dict:
+    """Stage 03 from the stage-02 dataset to the saved pairs; returns every intermediate result for display.
+
+    Steps: select rows -> verify chosen -> the rejecter's answers (cached per row) -> pairs -> verify every
+    pair -> review sample (and verdicts, if `config.review_csv`) -> statistics -> save. Reruns are the
+    pipeline's business (tinyllm_utils.stage); inside the stage, only the rejecter's generations are reused.
+    """
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(data_dir) if data_dir else default_data_dir(stage_dir)
+    dataset = load_stage02(data_dir)
+    rows = select_rows(dataset, config.limit, config.seed)
+    candidates, chosen_failures = verify_chosen(rows)
+    cache = generation_cache_path(stage_dir, config)
+    generations = generate_rejections(candidates, config, cache, progress=progress)
+    built, outcomes = build_pairs(candidates, generations, config)
+    problems = verify_pairs(built)
+    if problems:
+        raise AssertionError(f"pairs that break the chosen-right / rejected-wrong contract: {problems}")
+    review_sample_frame = export_review(built, stage_dir / "review_sample.csv", config.review_per_kind, config.seed)
+    kept, review_report = apply_review(built, config.review_csv) if config.review_csv else (built, None)
+    stats = pair_stats(kept)
+    spec = resolve_model(config.model)
+    preference = to_preference_dataset(kept, spec.prompt_format, prompt_tokenizer(spec))
+    card = pairs_card(config, rows, chosen_failures, outcomes, kept, review_report, data_dir)
+    saved = save_pairs(stage_dir, preference, stats, card)
+    return {"dataset": dataset, "rows": rows, "chosen_failures": chosen_failures, "generation_cache": cache,
+            "outcomes": outcomes, "built": built, "review_sample": review_sample_frame, "review": review_report,
+            "pairs": kept, "stats": stats, "card": card, "saved": saved}

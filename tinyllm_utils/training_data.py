@@ -24,15 +24,15 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: they reach the terminal through papermill too
 
 from tinyllm_utils import bfcl
+from tinyllm_utils.stage import replace_dir_atomic
 from tinyllm_utils.data import ALL_CATEGORIES, Example
 from tinyllm_utils.decoding import DecodeError, decode_ast
 from tinyllm_utils.prompts import answer_text, first_turn_messages, format_prompt
@@ -766,13 +766,10 @@ def _card_markdown(card: dict) -> str:
 
 
 def save_dataset(result: dict, out_dir: str | Path, figure=None) -> Path:
-    """Write dataset/, rejected.jsonl, the reports, data_card.{json,md} and the figure; the dataset is renamed
-    into place last so a half-written stage never looks complete to stage 03."""
+    """Write rejected.jsonl, the reports, data_card.{json,md}, the figure and dataset/ (renamed into place
+    whole). Whether the stage finished is the pipeline's marker (tinyllm_utils.stage), written after all of it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / "dataset.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    as_datasetdict(result["splits"]).save_to_disk(str(partial))
     write_text_atomic(out_dir / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in result["rejected"]))
     for name, table in (("filter_report", result["filter_report"]),
                         ("rejected_by_source", result["rejected_by_source"]),
@@ -783,6 +780,5 @@ def save_dataset(result: dict, out_dir: str | Path, figure=None) -> Path:
     write_text_atomic(out_dir / "data_card.md", _card_markdown(card))
     if figure is not None:
         figure.savefig(out_dir / "length_distribution.png", dpi=120)
-    shutil.rmtree(out_dir / "dataset", ignore_errors=True)
-    partial.rename(out_dir / "dataset")
-    return out_dir / "dataset"
+    return replace_dir_atomic(lambda path: as_datasetdict(result["splits"]).save_to_disk(str(path)),
+                              out_dir / "dataset")
