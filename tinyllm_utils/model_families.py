@@ -335,6 +335,7 @@ def dry_run(model: str, category: str = "simple_python") -> str:
     lines = [
         f"model:     {spec.name} ({spec.source}{', ' + spec.hf_id if spec.hf_id else ''})",
         f"revision:  {spec.revision or 'not pinned (refused by the paper profile)'}",
+        f"BFCL row:  {spec.bfcl_name or 'none (not on the leaderboard)'}",
         f"mode:      {spec.mode}",
         f"family:    {family.key} ({family.note})",
         f"handler:   {('bfcl ' + family.handler) if family.handler else 'none (bfcl has no handler for this family)'}",

