@@ -1,6 +1,7 @@
-"""BFCL overall formulas checked against published leaderboard rows (../shared/reference)."""
+"""BFCL overall formulas checked against published leaderboard rows (the in-repo copy, tinyllm_utils/reference)."""
 
 import math
+from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
@@ -8,7 +9,7 @@ import pytest
 
 from tinyllm_utils.aggregate import overall_scores, summarize, wilson_interval
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "bfcl_leaderboard"
+REFERENCE = Path(str(files("tinyllm_utils").joinpath("reference", "bfcl_leaderboard")))  # shipped package data
 # BFCL v3 category sizes (live_irrelevance and live_relevance changed in v4: 884 and 16)
 V3_COUNTS = {"live_simple": 258, "live_multiple": 1053, "live_parallel": 16, "live_parallel_multiple": 24,
              "live_irrelevance": 882, "live_relevance": 18}

@@ -213,8 +213,9 @@ def plot_multi_turn_vs_params(results: pd.DataFrame, reference: pd.DataFrame | N
                 fontsize=8, color="grey")
     ax.axvspan(0.2, 1.0, color="orange", alpha=0.08, label="< 1B (paper: near zero)")
     long = table_iv_long(results)
-    ours = long[long["column"] == "multi_turn"].merge(
-        results.drop_duplicates("label")[["label", "params_b"]], on="label").dropna(subset=["params_b"])
+    ours = long[long["column"] == "multi_turn"]
+    if len(ours):
+        ours = ours.merge(results.drop_duplicates("label")[["label", "params_b"]], on="label").dropna(subset=["params_b"])
     n_text = "ours: none with all four multi-turn categories"
     if len(ours):
         ax.errorbar(ours["params_b"], ours["value"], yerr=[ours["value"] - ours["ci_low"], ours["ci_high"] - ours["value"]],
