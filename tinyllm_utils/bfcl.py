@@ -74,20 +74,6 @@ ADDITIONAL_FUNCTION_PROMPT = default_prompts.DEFAULT_USER_PROMPT_FOR_ADDITIONAL_
 execute_multi_turn_func_call = multi_turn_utils.execute_multi_turn_func_call
 
 
-def local_inference_handler(name: str, model_name: str = "tinyllm", is_fc_model: bool = False):
-    """A fresh instance of one of bfcl's local-inference handlers, e.g. `"qwen_fc.QwenFCHandler"`.
-
-    Imported on first use (the handlers pull in `openai` for a client that is built but never called here).
-    Only the handler's prompt formatting, message bookkeeping and decoding are used; nothing is served.
-    """
-    import importlib
-
-    module_name, class_name = name.rsplit(".", 1)
-    module = importlib.import_module(f"bfcl_eval.model_handler.local_inference.{module_name}")
-    return getattr(module, class_name)(model_name=model_name, temperature=0.0, registry_name=model_name,
-                                       is_fc_model=is_fc_model)
-
-
 def add_python_hint(functions: list[dict]) -> list[dict]:
     """Python function docs as evaluation prompts them: bfcl's own language hint ("Note that the provided
     function is in Python 3 syntax.") applied by bfcl's `add_language_specific_hint_to_function_doc`, as its
