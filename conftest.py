@@ -11,3 +11,4 @@ os.environ.setdefault("HF_HOME", os.path.join(_scratch, "hf"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub; fail fast instead of timing out
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(_scratch, "matplotlib"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("JUPYTER_RUNTIME_DIR", os.path.join(_scratch, "jupyter-runtime"))  # kernel connection files

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -39,6 +41,7 @@ max_new_tokens = 256
 batch_size = 8  # prompts per batch on the transformers backend
 stop_when_hopeless = True  # Python categories: stop once the text can no longer become a call list
 models = ["gemma-3-270m"]
+require_revision = False  # the paper profile: hub models only at a pinned commit
 stage_dir = "outputs/smoke/01_baseline_evaluation"
 
 # %%
@@ -46,15 +49,12 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from tinyllm_utils import aggregate, figures
-from tinyllm_utils.evaluate import BaselineConfig, evaluate
-from tinyllm_utils.pipeline import resolve_stage_dir
+from tinyllm_utils.evaluate import BaselineConfig, run_baseline
+from tinyllm_utils.pipeline import config_from_parameters, resolve_stage_dir
 from tinyllm_utils.registry import ModelUnavailableError
-from tinyllm_utils.results import model_folder_name
 
 stage_dir = resolve_stage_dir(stage_dir)  # `outputs/...` lands in the outputs folder, wherever Jupyter runs
-config = BaselineConfig(categories=categories, limit=limit, multi_turn_limit=multi_turn_limit, seed=seed,
-                        backend=backend, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        stop_when_hopeless=stop_when_hopeless, models=models)
+config = config_from_parameters(BaselineConfig, globals())
 pd.set_option("display.precision", 1)
 
 # %% [markdown]
@@ -69,14 +69,13 @@ pd.set_option("display.precision", 1)
 # which is what makes full categories affordable on two CPU cores.
 
 # %%
-all_metrics = {}
-for model in config.models:
-    try:
-        all_metrics[model] = evaluate(config.for_model(model), stage_dir / model_folder_name(model))
-    except ModelUnavailableError as exc:
-        raise SystemExit(f"{model}: {exc}") from None  # one clear message instead of a traceback
+try:
+    all_metrics = run_baseline(config, stage_dir)
+except ModelUnavailableError as exc:
+    raise SystemExit(f"{type(exc).__name__}: {exc}") from None  # one clear message instead of a traceback
+for model, model_metrics in all_metrics.items():
     print(model)
-    print(aggregate.format_table(all_metrics[model]))
+    print(aggregate.format_table(model_metrics))
 
 # %% [markdown]
 # ## Accuracy per category

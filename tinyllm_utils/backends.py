@@ -43,7 +43,11 @@ def make_backend(spec: ModelSpec, backend: str = "llama_cpp", max_new_tokens: in
         return LlamaCppBackend(spec, max_new_tokens=max_new_tokens, seed=seed, n_ctx=n_ctx, n_threads=n_threads)
     if backend == "transformers":
         return TransformersBackend(spec, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
-    raise ValueError(f"unknown backend {backend!r}; expected 'llama_cpp' or 'transformers'")
+    if backend == "openai":  # a running OpenAI-compatible server; URL, model, key from TINYLLM_OPENAI_* env
+        from tinyllm_utils.server_backend import OpenAICompatBackend
+
+        return OpenAICompatBackend(spec, max_new_tokens=max_new_tokens, seed=seed)
+    raise ValueError(f"unknown backend {backend!r}; expected 'llama_cpp', 'transformers' or 'openai'")
 
 
 class LlamaCppBackend:
@@ -132,8 +136,10 @@ class TransformersBackend:
             self.source = spec.path or spec.hf_id
         torch.manual_seed(seed)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.source)
-            self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype="auto")
+            # a hub model is loaded at its pinned commit (registry `revision`), so "the same model" stays the same
+            revision = spec.revision if spec.source == "hub" else None
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source, revision=revision)
+            self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype="auto", revision=revision)
         except OSError as exc:
             raise ModelUnavailableError(
                 f"cannot load {spec.name!r} from {self.source!r}: it is not in the local Hugging Face cache and "
@@ -229,7 +235,7 @@ def prompt_tokenizer(spec: ModelSpec):
 
     source = spec.path or spec.hf_id
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, revision=spec.revision if spec.source == "hub" else None)
     except OSError as exc:
         raise ModelUnavailableError(f"cannot load the tokenizer of {spec.name!r} from {source!r} to format its "
                                     f"prompts ({str(exc).splitlines()[0]})") from None

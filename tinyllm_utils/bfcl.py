@@ -20,7 +20,8 @@ import types
 from importlib.metadata import version
 from pathlib import Path
 
-os.environ.setdefault("BFCL_PROJECT_ROOT", str(Path.home() / ".cache" / "tinyllm_utils" / "bfcl_root"))
+os.environ.setdefault("BFCL_PROJECT_ROOT", str(Path(os.environ.get("TINYLLM_CACHE", Path.home() / ".cache" / "tinyllm_utils"))
+                                                / "bfcl_root"))
 
 
 class _PromptingModelConfig:

@@ -23,7 +23,7 @@ from tinyllm_utils.data import expand_categories, is_multi_turn, language_of, lo
 from tinyllm_utils.multi_turn import run_multi_turn
 from tinyllm_utils.prompts import entry_prompt
 from tinyllm_utils.registry import ModelUnavailableError, resolve_model
-from tinyllm_utils.results import PredictionWriter, manifest, read_jsonl, write_json_atomic
+from tinyllm_utils.results import PredictionWriter, manifest, model_folder_name, read_jsonl, write_json_atomic
 from tinyllm_utils.scoring import score_example
 from tinyllm_utils.stage import open_work
 
@@ -63,10 +63,20 @@ class BaselineConfig(EvalConfig):
 
     NOT_STAGE_PARAMETERS = ("model",)
     models: list[str] = field(default_factory=lambda: ["gemma-3-270m"])
+    require_revision: bool = False  # the paper profile: hub models only at a pinned commit (registry `revision`)
 
     def for_model(self, model: str) -> EvalConfig:
-        fields = {k: v for k, v in asdict(self).items() if k != "models"}
+        fields = {k: v for k, v in asdict(self).items() if k not in ("models", "require_revision")}
         return EvalConfig(**dict(fields, model=model))
+
+
+def run_baseline(config: BaselineConfig, stage_dir: str | Path, progress: bool = True) -> dict[str, dict]:
+    """Stage 01: every model of `config.models`, one folder each (`results.model_folder_name`); unpinned hub
+    models are refused up front when `require_revision`, before any time is spent on the others."""
+    for model in config.models:
+        resolve_model(model, require_revision=config.require_revision)
+    return {model: evaluate(config.for_model(model), Path(stage_dir) / model_folder_name(model), progress)
+            for model in config.models}
 
 
 def _check_resumable(out_dir: Path, config: EvalConfig) -> None:
@@ -169,6 +179,8 @@ class CommandLine:
     rescore: bool = field(default=False, metadata={"help": "only re-score the raw outputs saved in --out"})
     dry_run: bool = field(default=False, metadata={
         "help": "print the mode, parser and a rendered prompt for --model without loading weights"})
+    all_entries: bool = field(default=False, metadata={
+        "help": "every entry of each category (sets --limit and --multi_turn_limit to None)"})
 
 
 def main(argv=None) -> None:
@@ -178,6 +190,8 @@ def main(argv=None) -> None:
     parser = HfArgumentParser((EvalConfig, CommandLine), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     config, cli = parser.parse_args_into_dataclasses(args=argv)
+    if cli.all_entries:
+        config.limit = config.multi_turn_limit = None
     if cli.dry_run:
         from tinyllm_utils.model_families import dry_run
 

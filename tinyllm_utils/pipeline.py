@@ -154,6 +154,18 @@ def _check_pairing(stage: str) -> None:
                          f"`jupytext --sync notebooks/{stage}.py` first")
 
 
+def local_kernel_manager():
+    """A Jupyter kernel manager whose sockets are local files (IPC), not TCP ports: nothing of the notebook's
+    kernel listens on the network, and ipykernel has no "running over TCP without encryption" to warn about."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import CaselessStrEnum
+
+    class LocalKernelManager(KernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return LocalKernelManager
+
+
 def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | None = None,
                  output_root: Path | None = None, progress: bool = True, overrides: dict | None = None,
                  force: list[str] | None = None) -> Path:
@@ -198,6 +210,7 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
         papermill.execute_notebook(
             str(notebook_path(stage)), str(out / f"{stage}.ipynb"), parameters=dict(parameters, stage_dir=str(out)),
             cwd=str(PROJECT_ROOT), progress_bar=False, kernel_name="python3",
+            kernel_manager_class=local_kernel_manager(),
             # forward the notebook's own output (per-entry progress bars) to this terminal
             stdout_file=sys.stdout if progress else None, stderr_file=sys.stderr if progress else None,
         )

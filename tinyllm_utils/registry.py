@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cache
 from importlib.resources import files
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-CACHE_DIR = Path.home() / ".cache" / "tinyllm_utils"
+# Assembled / de-quantized copies of the embedded model; TINYLLM_CACHE moves it (the tests use a temporary one).
+CACHE_DIR = Path(os.environ.get("TINYLLM_CACHE", Path.home() / ".cache" / "tinyllm_utils"))
 SPEC_FILE = "model_spec.json"  # written beside a trained checkpoint's weights
 
 
