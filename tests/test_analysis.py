@@ -235,6 +235,8 @@ def test_comparisons_pair_methods_on_shared_entries(outputs, results):
     base = "quick/01_baseline_evaluation/gemma-3-270m"
     assert (base, keys["gemma-3-270m-sft-lora"]) in pairs
     assert (keys["gemma-3-270m-sft-lora"], keys["gemma-3-270m-sft-dpo"]) in pairs  # the parent named in run.json
+    assert (keys["gemma-3-270m-sft-lora-F16"], keys["gemma-3-270m-sft-lora-Q8_0"]) in pairs  # edge: vs its F16
+    assert not any(b == base for _, b in pairs)  # a base model is never the derived side
     table = analysis.compare(entries, pairs, n_resamples=300)
     row = table[(table["a_key"] == base) & (table["b_key"] == keys["gemma-3-270m-sft-lora"])
                 & (table["comparison"] == "simple_python")].iloc[0]

@@ -586,7 +586,8 @@ def table_iv(results: pd.DataFrame, reference: pd.DataFrame | bool | None = True
     cats = results[results["kind"] == "category"] if len(results) else results
     for key, group in results.groupby("key", sort=False) if len(results) else []:
         first = group.iloc[0]
-        row = {"row": "ours", "label": first["label"], "model": first["model"], "method": first["method"],
+        row = {"row": "ours", "label": first["label"], "model": first["model"], "base_model": first["base_model"],
+               "method": first["method"],
                "source": f"{first['run_id']}/{first['stage']}", "date": None,
                "bfcl": f"v4 data (bfcl-eval {first['bfcl_eval']})" if first["bfcl_eval"] else "v4 data",
                "params_b": first["params_b"], "n": int(cats[cats["key"] == key]["n"].sum())}
@@ -602,6 +603,11 @@ def table_iv(results: pd.DataFrame, reference: pd.DataFrame | bool | None = True
         row["overall_v3_ci_high"] = overall["ci_high"] if overall is not None else math.nan
         ours.append(row)
     table = pd.DataFrame(ours)
+    if len(table):
+        rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+        order = sorted(range(len(table)), key=lambda i: (ours[i]["source"].split("/")[0], ours[i]["base_model"],
+                                                         rank.get(ours[i]["method"], len(rank)), ours[i]["label"]))
+        table = table.iloc[order].reset_index(drop=True)
     if reference is not False and reference is not None:
         ref = reference_table_iv(None if reference is True else reference)
         table = pd.concat([table, ref], ignore_index=True)
@@ -621,24 +627,31 @@ def table_iv_markdown(table: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------------------------- comparisons
 
 def default_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
-    """(A, B) evaluation keys to compare: each trained/edge variant against its parent evaluation when run.json
-    names one that was evaluated, and against the base evaluation of the same base model in the same run."""
+    """(A, B) evaluation keys to compare, B the derived one, within one run:
+
+    * a trained model (method other than "base") against the evaluation its run.json `parent` names (matched by
+      key, folder, model, label or method) and against the base evaluation of the same base model;
+    * an edge variant (a quantization other than F16) against the F16 variant of its method and stage.
+    """
     if not len(results):
         return []
     evals = results.drop_duplicates("key")
     pairs = []
     for _, b in evals.iterrows():
-        if b["method"] == "base" and not b["quantization"]:
-            continue
         same_run = evals[(evals["run_id"] == b["run_id"]) & (evals["key"] != b["key"])]
+        if pd.notna(b["quantization"]) and b["quantization"] != "F16":
+            f16 = same_run[(same_run["stage"] == b["stage"]) & (same_run["method"] == b["method"])
+                           & (same_run["quantization"] == "F16")]
+            pairs += [(a, b["key"]) for a in f16["key"]]
+        if b["method"] == "base":
+            continue
         if pd.notna(b["parent"]) and b["parent"]:
             parent = str(b["parent"])
             match = same_run[(same_run["key"] == parent) | (same_run["eval_id"] == parent)
                              | (same_run["model"] == parent) | (same_run["label"] == parent)
                              | (same_run["method"] == parent)]
             pairs += [(a, b["key"]) for a in match["key"]]
-        base = same_run[(same_run["method"] == "base") & (same_run["base_model"] == b["base_model"])
-                        & (same_run["quantization"].isna() | (b["method"] != "base"))]
+        base = same_run[(same_run["method"] == "base") & (same_run["base_model"] == b["base_model"])]
         pairs += [(a, b["key"]) for a in base["key"]]
     return list(dict.fromkeys(pairs))
 
