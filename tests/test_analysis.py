@@ -52,6 +52,8 @@ def test_collect_finds_every_evaluation_across_runs_and_depths(results):
     assert (sft["stage"], sft["method"], sft["parent"], sft["base_model"]) == (
         "04_sft", "sft-lora", "gemma-3-270m", "gemma-3-270m")
     assert (sft["training_seconds"], dpo["training_seconds"], dpo["method"]) == (600.0, 900.0, "sft→dpo")
+    assert dpo["training_seconds_total"] == 1500.0  # SFT -> DPO costs both stages
+    assert math.isnan(evals.loc["xlam-2-1b-fc-r"]["training_seconds_total"])
     assert sft["params_b"] == 0.27  # from the base model's registry entry
     edge = evals.loc["gemma-3-270m-sft-lora-Q8_0"]
     assert (edge["stage"], edge["method"], edge["quantization"], edge["peak_memory_mb"]) == (

@@ -38,6 +38,7 @@ STAGE_PATTERN = re.compile(r"^\d\d_")
 QUANT_PATTERN = re.compile(r"(?i)(?<![A-Za-z0-9])(IQ\d_[A-Z]+|Q\d_K(?:_[SML])?|Q\d_\d|BF16|F16|F32)(?![A-Za-z0-9])")
 GROUP = {**{c: "non-live" for c in NON_LIVE_CATEGORIES}, **{c: "live" for c in LIVE_CATEGORIES},
          **{c: "multi-turn" for c in MULTI_TURN_CATEGORIES}}
+IRRELEVANCE = ["irrelevance", "live_irrelevance"]  # correct = no call; every other category needs a call
 AGENTIC = ["web_search_base", "web_search_no_snippet", "memory_kv", "memory_vector", "memory_rec_sum"]
 # Full-benchmark counts that weight the live score: v3 had 882 / 18 live (ir)relevance entries, v4 has 884 / 16.
 V3_COUNTS = {"live_simple": 258, "live_multiple": 1053, "live_parallel": 16, "live_parallel_multiple": 24,
@@ -362,6 +363,32 @@ def entries(evaluations: list[Evaluation]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns or None)
 
 
+def _parent_of(ev: Evaluation, evaluations: list[Evaluation]) -> Evaluation | None:
+    """The evaluation of the checkpoint a trained model was trained from (run.json's parent), same run."""
+    if not ev.parent:
+        return None
+    for other in evaluations:
+        if other is not ev and other.run_id == ev.run_id and ev.parent in (
+                other.key, other.eval_id, other.model, other.model_spec.get("path")):
+            return other
+    return None
+
+
+def cumulative_training_seconds(evaluations: list[Evaluation]) -> dict[str, float | None]:
+    """Training seconds including every parent stage (SFT -> DPO costs both), following run.json's parent;
+    None where the model itself has no training.json."""
+    totals = {}
+    for ev in evaluations:
+        total, seen, current = None, set(), ev
+        while current is not None and current.key not in seen:
+            seen.add(current.key)
+            if current.training_seconds is not None:
+                total = (total or 0.0) + current.training_seconds
+            current = _parent_of(current, evaluations)
+        totals[ev.key] = total if ev.training_seconds is not None else None
+    return totals
+
+
 def _counts(ev: Evaluation) -> dict[str, int]:
     """Full-category sizes that weight the live score: as metrics.json recorded them (bfcl-eval's data), else v4's."""
     recorded = {c: m.get("category_size") for c, m in ev.metrics["categories"].items() if m.get("category_size")}
@@ -377,9 +404,10 @@ def collect(root: str | Path, n_resamples: int = 2000, seed: int = 0) -> pd.Data
     """
     evaluations = find_evaluations(root)
     labels = _labels(evaluations)
+    totals = cumulative_training_seconds(evaluations)
     rows = []
     for ev in evaluations:
-        base = _eval_columns(ev) | {"label": labels[ev.key]}
+        base = _eval_columns(ev) | {"label": labels[ev.key], "training_seconds_total": totals[ev.key]}
         predictions = selected_predictions(ev)
         samples, latency = {}, {}
         for category, m in ev.metrics["categories"].items():
@@ -744,12 +772,12 @@ def evaluation_summary(results: pd.DataFrame, key: str, entry_table: pd.DataFram
                      f"{worst['ci_high']:.1f}).")
     if entry_table is not None and len(entry_table):
         mine = entry_table[entry_table["key"] == key]
-        call_categories = mine[~mine["category"].str.contains("relevance")]
+        call_categories = mine[~mine["category"].isin(IRRELEVANCE)]
         if len(call_categories):
             no_call = 100 * (call_categories["failure_mode"] == "no call").mean()
             lines.append(f"In the categories that need a call, {no_call:.1f} % of the {len(call_categories)} "
                          f"answers contained no call at all.")
-        irrelevance = mine[mine["category"].isin(["irrelevance", "live_irrelevance"])]
+        irrelevance = mine[mine["category"].isin(IRRELEVANCE)]
         if len(irrelevance) and len(call_categories):
             lines.append(f"Irrelevance detection ({100 * irrelevance['correct'].mean():.1f} %, n = {len(irrelevance)}) "
                          "rewards answering without a call, so read it beside that no-call share.")
