@@ -61,6 +61,7 @@ def test_collect_finds_every_evaluation_across_runs_and_depths(results):
     base = results[(results["model"] == "gemma-3-270m") & (results["run_id"] == "quick")].iloc[0]
     assert (base["method"], base["quantization"], base["backend"]) == ("base", "Q4_K_M", "llama_cpp")
     assert results["label"].nunique() == results["key"].nunique()  # labels stay unique across runs
+    assert "gemma-3-270m-stale" not in set(results["model"])  # `.stale/` work is not a result
 
 
 def test_category_rows_are_metrics_json(outputs, results):

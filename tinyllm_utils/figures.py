@@ -332,7 +332,8 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, n_resamples: int = 20
     trained = has_eval and results["training_seconds"].notna().any()
     has_multi_turn = has_eval and not table_iv_long(results).query("column == 'multi_turn'").empty
     curves = analysis.training_curves(run_dir) if run_dir.is_dir() else pd.DataFrame()
-    edge_tables = sorted(run_dir.rglob("edge_table.csv")) if run_dir.is_dir() else []
+    edge_tables = [p for p in sorted(run_dir.rglob("edge_table.csv")) if not any(
+        part.startswith(".") for part in p.relative_to(run_dir).parts)] if run_dir.is_dir() else []
     plan = [
         ("category_heatmap", has_eval, lambda: plot_category_heatmap(results), "no evaluation under the run"),
         ("method_ablation", has_eval and not table_iv_long(results).empty, lambda: plot_method_ablation(results),
