@@ -749,6 +749,8 @@ def comparison_sentence(row) -> str:
     detail = (f"{row['acc_b']:.1f} % vs {row['acc_a']:.1f} %, n = {int(row['n'])} paired entries, 95 % CI of the "
               f"difference {row['ci_low']:+.1f} to {row['ci_high']:+.1f} points, {row['test']} p = {_p(row['p_value'])}, "
               f"Holm-adjusted p = {_p(row['p_holm'])}")
+    if row.get("a_backend") != row.get("b_backend"):  # the method is then not the only difference
+        detail += f"; backends differ: {row.get('a_backend')} vs {row.get('b_backend')}"
     if row["p_holm"] < ALPHA and row["diff"] != 0:
         verb = "beats" if row["diff"] > 0 else "trails"
         return f"**{row['b']}** {verb} **{row['a']}** by {abs(row['diff']):.1f} points on {what} ({detail})."
