@@ -46,6 +46,12 @@ STAGES: dict[str, StageSpec] = {
     "01_baseline_evaluation": StageSpec("tinyllm_utils.evaluate:BaselineConfig"),
     "02_data_filtering": StageSpec("tinyllm_utils.training_data:DataConfig"),
     "03_pair_construction": StageSpec("tinyllm_utils.pairs:PairConfig", ("02_data_filtering",)),
+    # Training stages read stage 01 too: its protocol (entries, decoding, backend) evaluates every checkpoint.
+    "04_sft": StageSpec("tinyllm_utils.training_stages:SFTStageConfig", ("01_baseline_evaluation", "02_data_filtering")),
+    "05_dpo": StageSpec("tinyllm_utils.training_stages:DPOStageConfig",
+                        ("01_baseline_evaluation", "03_pair_construction")),
+    "06_hybrid": StageSpec("tinyllm_utils.training_stages:HybridStageConfig",
+                           ("01_baseline_evaluation", "02_data_filtering", "03_pair_construction", "04_sft")),
 }
 
 

@@ -1,0 +1,79 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Supervised fine-tuning (LoRA and full) on the filtered data
+#
+# **What this does.** Trains the base model on stage 02's training rows with TRL's `SFTTrainer`: prompt /
+# completion pairs in exactly the evaluation prompt format (the same row → entry → prompt path evaluation uses),
+# loss on the completion only. LoRA (`lora_sft`, adapters on every linear layer, Gemma's tied embeddings kept
+# tied) and full fine-tuning (`full_sft`) are trained when their block is set. The output head runs only on
+# answer positions (tinyllm_utils.training: the 262 k-token head is most of a step's cost on a CPU).
+#
+# **Then every checkpoint is treated like the baseline**: LoRA merged, exported to GGUF (F16) and evaluated by
+# the same evaluation core with stage 01's protocol and backend, so every difference in the tables below is the
+# method's. Offline, the base is the embedded Q4_K_M GGUF de-quantized to fp32.
+#
+# **How to run.** In the pipeline after stages 01 and 02 (`python -m tinyllm_utils.pipeline --profile quick`), or
+# here with the smoke defaults (`SFTStageConfig`'s). A killed run resumes from its last TRL checkpoint.
+
+# %% tags=["parameters"]
+# Parameters (papermill overrides these; the defaults are the `smoke` profile = SFTStageConfig's defaults)
+model = "gemma-3-270m"  # the base model
+lora_sft = {"max_steps": 2, "learning_rate": 2e-4}  # trl.SFTConfig fields for LoRA SFT; None skips it
+full_sft = None  # trl.SFTConfig fields for full fine-tuning; None skips it
+lora = {}  # peft.LoraConfig fields over r 16, alpha 32, all linear layers
+train_rows = 8  # seeded sample of stage-02 train rows; None = all
+evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None = all of them
+seed = 0
+stage_dir = "outputs/smoke/04_sft"
+
+# %%
+from IPython.display import display
+
+from tinyllm_utils import training, training_stages
+from tinyllm_utils.pipeline import config_from_parameters, resolve_stage_dir
+
+stage_dir = resolve_stage_dir(stage_dir)
+config = config_from_parameters(training_stages.SFTStageConfig, globals())
+config
+
+# %% [markdown]
+# ## Train, export, evaluate
+
+# %%
+results = training_stages.run_sft_stage(config, stage_dir)
+display(training_stages.summary_table(results))
+
+# %% [markdown]
+# ## Training curves
+#
+# Loss, learning rate and gradient norm per step (`<method>/curves.csv`).
+
+# %%
+for label, result in results.items():
+    display(training.plot_curves(result["training"]["curves"], title=f"{label}: {result['training']['steps']} steps"))
+
+# %% [markdown]
+# ## Before and after, on the same entries
+#
+# Each trained model against the model it started from and against the base, on the entries both answered:
+# accuracy difference in points with its paired 95 % bootstrap interval, McNemar's exact p-value per category
+# (a paired permutation test for composite scores), and Holm's correction over every comparison in the table.
+
+# %%
+comparison = training_stages.before_after(stage_dir)
+display(comparison[["a", "b", "scoring", "comparison", "acc_a", "acc_b", "diff", "ci_low", "ci_high", "p_value",
+                    "p_holm"]] if len(comparison) else "nothing to compare yet")
+display(training_stages.failure_shift(stage_dir))
+

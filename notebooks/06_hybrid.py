@@ -1,0 +1,89 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Hybrid optimization: SFT → DPO, SFT → GRPO, and self-improvement cycles
+#
+# **What this does.** Starts from a stage-04 SFT model (`start`) and trains it further:
+#
+# * **SFT → DPO** on stage 03's verified pairs (TRL's `DPOTrainer`);
+# * **SFT → GRPO** on stage-02 prompts (TRL's `GRPOTrainer`): the reward is bfcl's official checker's verdict
+#   (1 or 0) on the completion, decoded by the study's literal-only decoder, so a malformed or malicious
+#   completion scores 0 and nothing the model wrote is ever run. No shaping term is added;
+# * **cycles**, the paper's hybrid loop: the current model answers training prompts, its own answers that the
+#   checker rejects become `rejected` (the verified reference `chosen`), it is trained on them (DPO or GRPO),
+#   and the result is evaluated; `cycles` rounds.
+#
+# Every model is exported to GGUF and evaluated with stage 01's protocol. The paper names the compute cost of
+# hybrid cycles as its open problem, so each row below carries its training seconds beside its accuracy.
+
+# %% tags=["parameters"]
+# Parameters (papermill overrides these; the defaults are the `smoke` profile = HybridStageConfig's defaults)
+start = "sft-lora"  # the stage-04 model to start from
+sft_dpo = {"max_steps": 2, "beta": 0.1, "learning_rate": 5e-6}  # trl.DPOConfig fields; None skips SFT -> DPO
+sft_grpo = {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2,
+            "max_completion_length": 16}  # trl.GRPOConfig fields; None skips SFT -> GRPO
+cycles = 1  # self-improvement rounds
+cycle_method = "dpo"  # dpo | grpo
+cycle_rows = 6  # training prompts answered per cycle
+cycle_training = {"max_steps": 2, "learning_rate": 5e-6}  # the cycle trainer's config fields
+use_lora = True
+lora = {}
+train_pairs = None  # seeded sample of stage-03 train pairs for SFT -> DPO; None = all
+grpo_rows = 8  # seeded sample of stage-02 train rows as GRPO prompts
+evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None = all of them
+seed = 0
+stage_dir = "outputs/smoke/06_hybrid"
+
+# %%
+from IPython.display import display
+
+from tinyllm_utils import training, training_stages
+from tinyllm_utils.pipeline import config_from_parameters, resolve_stage_dir
+
+stage_dir = resolve_stage_dir(stage_dir)
+config = config_from_parameters(training_stages.HybridStageConfig, globals())
+config
+
+# %% [markdown]
+# ## Train, export, evaluate
+#
+# Accuracy and compute per model and per cycle: training seconds (a cycle's include its generation) and tokens/s.
+
+# %%
+results = training_stages.run_hybrid_stage(config, stage_dir)
+display(training_stages.summary_table(results))
+
+# %% [markdown]
+# ## Training curves
+#
+# DPO: loss, reward margin and accuracy; GRPO: mean reward with its spread across the group of generations.
+
+# %%
+for label, result in results.items():
+    if "training" in result:
+        display(training.plot_curves(result["training"]["curves"], title=label))
+
+# %% [markdown]
+# ## Before and after, on the same entries
+#
+# Each trained model against the model it started from and against the base, on the entries both answered:
+# accuracy difference in points with its paired 95 % bootstrap interval, McNemar's exact p-value per category
+# (a paired permutation test for composite scores), and Holm's correction over every comparison in the table.
+
+# %%
+comparison = training_stages.before_after(stage_dir)
+display(comparison[["a", "b", "scoring", "comparison", "acc_a", "acc_b", "diff", "ci_low", "ci_high", "p_value",
+                    "p_holm"]] if len(comparison) else "nothing to compare yet")
+display(training_stages.failure_shift(stage_dir))
+

@@ -1,0 +1,316 @@
+"""Stages 04 (SFT), 05 (DPO) and 06 (hybrid: SFT→DPO, SFT→GRPO, self-improvement cycles), each one call.
+
+    python -m tinyllm_utils.pipeline --profile smoke          # runs them after 01-03 (notebooks 04-06)
+
+Every stage trains with TRL through tinyllm_utils.training, then treats each checkpoint exactly like the
+baseline: exported to GGUF (F16) when stage 01 ran on llama.cpp, and evaluated by the same evaluation core with
+stage 01's own protocol (categories, sample, seed, decoding, backend, read from the parameters stage 01 recorded
+in its run.json), into the same layout. `evaluate_categories` may name a subset of stage 01's categories (the
+smoke profile does, to stay cheap); the entries of a category are always stage 01's.
+
+Layout of one trained model under its stage folder (`<method>` = sft-lora, sft-full, dpo, sft-dpo, sft-grpo,
+cycle-1, ...):
+
+    <method>/checkpoints/  TRL checkpoints (a killed run resumes from the last one)
+    <method>/curves.csv    loss, learning rate, grad norm, DPO margins / accuracies, GRPO reward (+ spread)
+    <method>/final/        merged weights + tokenizer + model_spec.json (method label, parent, base model)
+    <method>/training.json seconds, steps, tokens seen, tokens/s (read by the analysis stage)
+    <method>/gguf/         <name>-F16.gguf + model_spec.json (llama.cpp protocol only)
+    <method>/eval/<name>/  run.json, predictions/, metrics.json: the evaluation core's layout
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tinyllm_utils.evaluate import EvalConfig, evaluate
+from tinyllm_utils.registry import resolve_model
+from tinyllm_utils.results import write_json_atomic
+
+SMOKE_EVAL = ["simple_python", "irrelevance"]
+
+
+class MissingStageError(FileNotFoundError):
+    """A stage this one reads has not produced what is needed."""
+
+
+# ---------------------------------------------------------------- configs (defaults = the smoke workload)
+
+
+@dataclass
+class SFTStageConfig:
+    model: str = "gemma-3-270m"  # the base model (registry name, hub id or folder)
+    lora_sft: dict | None = field(default_factory=lambda: {"max_steps": 2, "learning_rate": 2e-4})
+    full_sft: dict | None = None  # trl.SFTConfig fields for full fine-tuning; None skips it
+    lora: dict = field(default_factory=dict)  # peft.LoraConfig fields over training.LORA_DEFAULTS
+    train_rows: int | None = 8  # seeded sample of stage-02 train rows; None = all of them
+    evaluate_categories: list[str] | None = field(default_factory=lambda: list(SMOKE_EVAL))
+    seed: int = 0
+
+
+@dataclass
+class DPOStageConfig:
+    model: str = "gemma-3-270m"
+    dpo: dict = field(default_factory=lambda: {"max_steps": 2, "beta": 0.1, "loss_type": ["sigmoid"],
+                                               "learning_rate": 5e-6})
+    use_lora: bool = True  # reference = the policy with its adapter disabled (no second model in memory)
+    lora: dict = field(default_factory=dict)
+    train_pairs: int | None = None  # seeded sample of stage-03 train pairs; None = all
+    evaluate_categories: list[str] | None = field(default_factory=lambda: list(SMOKE_EVAL))
+    seed: int = 0
+
+
+@dataclass
+class HybridStageConfig:
+    start: str = "sft-lora"  # the stage-04 model the hybrids start from
+    sft_dpo: dict | None = field(default_factory=lambda: {"max_steps": 2, "beta": 0.1, "learning_rate": 5e-6})
+    sft_grpo: dict | None = field(default_factory=lambda: {
+        "max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 16})
+    cycles: int = 1  # self-improvement rounds: generate -> pairs from own checked failures -> train -> evaluate
+    cycle_method: str = "dpo"  # dpo | grpo
+    cycle_rows: int | None = 6  # training prompts answered per cycle
+    cycle_training: dict = field(default_factory=lambda: {"max_steps": 2, "learning_rate": 5e-6})
+    use_lora: bool = True
+    lora: dict = field(default_factory=dict)
+    train_pairs: int | None = None
+    grpo_rows: int | None = 8
+    evaluate_categories: list[str] | None = field(default_factory=lambda: list(SMOKE_EVAL))
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _run_root(stage_dir: Path) -> Path:
+    return Path(stage_dir).parent
+
+
+def eval_protocol(stage_dir: str | Path, categories: list[str] | None = None) -> EvalConfig:
+    """Stage 01's protocol, as its evaluation recorded it (run.json), optionally on a subset of its categories."""
+    baseline = _run_root(Path(stage_dir)) / "01_baseline_evaluation"
+    runs = sorted(baseline.glob("*/run.json"))
+    if not runs:
+        raise MissingStageError(f"no stage-01 evaluation under {baseline}: run stage 01 first (its protocol, "
+                                "entries and backend are what every trained model is evaluated with)")
+    recorded = json.loads(runs[0].read_text())["parameters"]
+    fields_ = {k: v for k, v in recorded.items() if k in EvalConfig.__dataclass_fields__}
+    protocol = EvalConfig(**fields_)
+    if categories:
+        unknown = set(categories) - set(protocol.categories)
+        if unknown:
+            raise ValueError(f"evaluate_categories {sorted(unknown)} were not evaluated in stage 01 "
+                             f"({protocol.categories}): trained and base models are compared on the same entries")
+        protocol = replace(protocol, categories=list(categories))
+    return protocol
+
+
+def _sample(data, n: int | None, seed: int):
+    if n is None or n >= len(data):
+        return data
+    return data.select(sorted(random.Random(seed).sample(range(len(data)), n)))
+
+
+def load_stage02(stage_dir: Path):
+    from tinyllm_utils.pairs import load_stage02 as load
+
+    return load(_run_root(stage_dir) / "02_data_filtering" / "dataset")
+
+
+def load_pairs(stage_dir: Path):
+    from datasets import load_from_disk
+
+    path = _run_root(stage_dir) / "03_pair_construction" / "pairs"
+    if not (path / "dataset_dict.json").exists():
+        raise MissingStageError(f"no stage-03 pairs at {path}: run stage 03 first")
+    return load_from_disk(str(path))
+
+
+def stage04_model(stage_dir: Path, method: str) -> Path:
+    final = _run_root(stage_dir) / "04_sft" / method / "final"
+    if not (final / "model_spec.json").exists():
+        raise MissingStageError(f"no stage-04 {method} model at {final}: run stage 04 with it enabled first")
+    return final
+
+
+# ---------------------------------------------------------------- after training: label, export, evaluate
+
+
+def finish_model(result: dict, method_dir: Path, label: str, parent: str, protocol: EvalConfig) -> dict:
+    """Label the trained model (method, parent), record training.json, export GGUF and evaluate like stage 01."""
+    from tinyllm_utils.export import export_gguf
+
+    final = Path(result["path"])
+    spec = replace(resolve_model(str(final)), method=label, parent=parent)
+    spec.save(final)
+    tokens = (result.get("train_metrics") or {}).get("num_input_tokens_seen") or result.get("tokens_seen")
+    training = {"method": label, "parent": parent, "seconds": result["seconds"], "steps": result.get("global_step"),
+                "tokens_seen": tokens, "tokens_per_s": (tokens / result["seconds"]) if tokens else None,
+                "train_metrics": result.get("train_metrics"), "curves": result.get("curves")}
+    write_json_atomic(method_dir / "training.json", training)
+    model = str(final)
+    if protocol.backend == "llama_cpp":
+        model = str(export_gguf(final, method_dir / "gguf" / f"{spec.name}-F16.gguf"))
+    metrics = evaluate(replace(protocol, model=model), method_dir / "eval" / spec.name, progress=True)
+    return {"label": label, "path": str(final), "model": model, "training": training, "metrics": metrics}
+
+
+def _lora(config, enabled: bool = True):
+    from tinyllm_utils import training
+
+    return training.default_lora(**config.lora) if enabled else None
+
+
+def _tokens_seen(config: dict) -> dict:
+    # transformers counts the tokens each step consumed: tokens/s for the report
+    return {"include_num_input_tokens_seen": True, **config}
+
+
+# ---------------------------------------------------------------- stage 04: SFT
+
+
+def run_sft_stage(config: SFTStageConfig, stage_dir: str | Path) -> dict[str, dict]:
+    from tinyllm_utils import training
+
+    stage_dir = Path(stage_dir)
+    protocol = eval_protocol(stage_dir, config.evaluate_categories)
+    data = load_stage02(stage_dir)
+    train = _sample(data["train"], config.train_rows, config.seed)
+    results = {}
+    for label, block, lora in (("sft-lora", config.lora_sft, True), ("sft-full", config.full_sft, False)):
+        if block is None:
+            continue
+        method_dir = stage_dir / label
+        model, tokenizer = training.load_for_training(config.model)
+        spec = model._tinyllm_spec
+        sft = training.sft_config_from_dict(_tokens_seen(dict(block, seed=config.seed)))
+        result = training.train_sft(model, tokenizer, training.sft_dataset(train, spec.prompt_format, tokenizer),
+                                    None, sft, _lora(config, lora), method_dir, spec=spec,
+                                    name=f"{spec.name}-{label}")
+        results[label] = finish_model(result, method_dir, label, spec.name, protocol)
+    return results
+
+
+# ---------------------------------------------------------------- stage 05: DPO from the base
+
+
+def _train_dpo(start: str, pairs, block: dict, config, method_dir: Path, name: str):
+    from tinyllm_utils import training
+
+    model, tokenizer = training.load_for_training(start)
+    spec = model._tinyllm_spec
+    dpo = training.dpo_config_from_dict(_tokens_seen(dict(block, seed=config.seed)))
+    return training.train_dpo(model, tokenizer, training.dpo_dataset(pairs), None, dpo,
+                              _lora(config, config.use_lora), method_dir, spec=spec, name=name)
+
+
+def run_dpo_stage(config: DPOStageConfig, stage_dir: str | Path) -> dict[str, dict]:
+    stage_dir = Path(stage_dir)
+    protocol = eval_protocol(stage_dir, config.evaluate_categories)
+    pairs = _sample(load_pairs(stage_dir)["train"], config.train_pairs, config.seed)
+    base = resolve_model(config.model)
+    result = _train_dpo(config.model, pairs, config.dpo, config, stage_dir / "dpo", f"{base.name}-dpo")
+    return {"dpo": finish_model(result, stage_dir / "dpo", "dpo", base.name, protocol)}
+
+
+# ---------------------------------------------------------------- stage 06: hybrids and cycles
+
+
+def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[str, dict]:
+    from tinyllm_utils import training
+
+    stage_dir = Path(stage_dir)
+    protocol = eval_protocol(stage_dir, config.evaluate_categories)
+    start = stage04_model(stage_dir, config.start)
+    start_spec = resolve_model(str(start))
+    base = start_spec.base_model or start_spec.name
+    results = {}
+    if config.sft_dpo is not None:
+        pairs = _sample(load_pairs(stage_dir)["train"], config.train_pairs, config.seed)
+        result = _train_dpo(str(start), pairs, config.sft_dpo, config, stage_dir / "sft-dpo", f"{base}-sft-dpo")
+        results["sft→dpo"] = finish_model(result, stage_dir / "sft-dpo", "sft→dpo", str(start), protocol)
+    if config.sft_grpo is not None:
+        model, tokenizer = training.load_for_training(str(start))
+        prompts = training.grpo_dataset(_sample(load_stage02(stage_dir)["train"], config.grpo_rows, config.seed),
+                                        start_spec.prompt_format, tokenizer)
+        grpo = training.grpo_config_from_dict(_tokens_seen(dict(config.sft_grpo, seed=config.seed)))
+        result = training.train_grpo(model, tokenizer, prompts, None, grpo, _lora(config, config.use_lora),
+                                     stage_dir / "sft-grpo", spec=start_spec, name=f"{base}-sft-grpo")
+        results["sft→grpo"] = finish_model(result, stage_dir / "sft-grpo", "sft→grpo", str(start), protocol)
+    current, data = start, load_stage02(stage_dir)
+    for cycle in range(1, config.cycles + 1):
+        method_dir = stage_dir / f"cycle-{cycle}"
+        began = time.perf_counter()
+        outcome = training.self_improvement_cycle(
+            current, data, method_dir, dict(config.cycle_training, seed=config.seed), method=config.cycle_method,
+            lora=_lora(config, config.use_lora), limit=config.cycle_rows, backend="transformers",
+            max_new_tokens=protocol.max_new_tokens, seed=config.seed + cycle)
+        if not outcome.get("trained"):
+            results[f"cycle {cycle}"] = {"label": f"cycle {cycle}", "skipped": "no checked failure to learn from",
+                                         **outcome}
+            break
+        result = {"path": outcome["path"], "seconds": time.perf_counter() - began,
+                  **json.loads((Path(outcome["path"]).parent / "result.json").read_text())}
+        result["seconds"] = time.perf_counter() - began  # generation + training: the cycle's whole cost
+        results[f"cycle {cycle}"] = finish_model(result, method_dir, f"cycle {cycle}", str(current), protocol)
+        results[f"cycle {cycle}"]["cycle"] = {k: outcome[k] for k in ("rows", "failed", "pairs")}
+        current = Path(outcome["path"])
+    return results
+
+
+def summary_table(results: dict[str, dict]):
+    """One row per trained model: training seconds, tokens/s and per-category accuracy (%, with n)."""
+    import pandas as pd
+
+    rows = []
+    for label, result in results.items():
+        if "metrics" not in result:
+            rows.append({"method": label, "note": result.get("skipped")})
+            continue
+        row = {"method": label, "training s": round(result["training"]["seconds"], 1),
+               "tokens/s": result["training"]["tokens_per_s"] and round(result["training"]["tokens_per_s"], 1)}
+        for category, m in result["metrics"]["categories"].items():
+            row[category] = None if m["accuracy"] is None else f"{100 * m['accuracy']:.0f} % (n {m['n']})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- before / after, for the stage's notebook
+
+
+def _stage_evaluations(stage_dir: Path):
+    from tinyllm_utils import analysis
+
+    run_root = _run_root(Path(stage_dir))
+    evaluations = [ev for ev in analysis.find_evaluations(run_root)
+                   if ev.stage in ("01_baseline_evaluation", Path(stage_dir).name)]
+    return run_root, evaluations
+
+
+def before_after(stage_dir: str | Path, n_resamples: int = 2000):
+    """Each model of this stage against its parent and the base, on their shared entries: per category and
+    composite, the difference in points, its paired 95 % bootstrap interval, McNemar / permutation p-values
+    and Holm-adjusted p-values (tinyllm_utils.analysis.compare)."""
+    from tinyllm_utils import analysis
+
+    run_root, evaluations = _stage_evaluations(Path(stage_dir))
+    results = analysis.collect(run_root, n_resamples)
+    results = results[results["key"].isin([ev.key for ev in evaluations])]
+    table = analysis.compare(analysis.entries(evaluations), results=results, n_resamples=n_resamples)
+    if len(table):
+        table = table[table["b_key"].str.contains(f"/{Path(stage_dir).name}/", regex=False)]
+    return table
+
+
+def failure_shift(stage_dir: str | Path):
+    """Failure modes (counts) of the base and of each model of this stage, on the same entries."""
+    from tinyllm_utils import analysis
+
+    _, evaluations = _stage_evaluations(Path(stage_dir))
+    table = analysis.entries(evaluations)
+    if not len(table):
+        return table
+    return table.pivot_table(index="label", columns="failure_mode", values="id", aggfunc="count", fill_value=0)
