@@ -39,7 +39,7 @@ OUTPUT_ROOT = Path(os.environ.get("TINYLLM_OUTPUTS", PROJECT_ROOT / "outputs"))
 @dataclass(frozen=True)
 class StageSpec:
     config: str  # "module:Class", the dataclass whose fields are the stage's parameters and defaults
-    inputs: tuple[str, ...] = ()  # stages whose results this one reads
+    inputs: tuple[str, ...] = ()  # stages whose results this one reads; ("*",) = every earlier stage of the run
 
 
 STAGES: dict[str, StageSpec] = {
@@ -52,7 +52,15 @@ STAGES: dict[str, StageSpec] = {
                         ("01_baseline_evaluation", "03_pair_construction")),
     "06_hybrid": StageSpec("tinyllm_utils.training_stages:HybridStageConfig",
                            ("01_baseline_evaluation", "02_data_filtering", "03_pair_construction", "04_sft")),
+    "07_analysis": StageSpec("tinyllm_utils.analysis:AnalysisConfig", ("*",)),
 }
+
+
+def stage_inputs(stage: str, plan) -> list[str]:
+    declared = STAGES[stage].inputs
+    if declared == ("*",):  # e.g. the analysis: whatever ran before it in this profile
+        return [s for s in plan if s in STAGES and list(STAGES).index(s) < list(STAGES).index(stage)]
+    return list(declared)
 
 
 def config_class(stage: str):
@@ -190,10 +198,10 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
     for index, (stage, parameters) in enumerate(plan.items(), 1):
         out = run_root / stage
         prefix = f"[{index}/{len(plan)}] {stage}"
-        missing = [s for s in STAGES[stage].inputs if s not in plan]
+        missing = [s for s in stage_inputs(stage, plan) if s not in plan]
         if missing:
             raise SystemExit(f"{prefix}: reads {missing}, which profile {profile!r} does not run")
-        inputs = {s: keys.get(s) or stage_lib.completed_key(run_root / s) for s in STAGES[stage].inputs}
+        inputs = {s: keys.get(s) or stage_lib.completed_key(run_root / s) for s in stage_inputs(stage, plan)}
         if stages is not None and stage not in stages:
             keys[stage] = stage_lib.completed_key(out)
             continue
