@@ -187,10 +187,10 @@ def llama_server(tmp_path):
 
 def _sample_prompts() -> list[str]:
     from tinyllm_utils.data import load_category
-    from tinyllm_utils.prompts import first_turn_messages, format_prompt
+    from tinyllm_utils.prompts import entry_prompt
 
     examples = load_category("simple_python", 2, 0) + load_category("irrelevance", 1, 0)
-    return [format_prompt(first_turn_messages(e.entry)[0], "gemma") for e in examples]
+    return [entry_prompt(e.entry, SPEC) for e in examples]
 
 
 def test_server_predictions_match_the_in_process_backend(llama_server):
