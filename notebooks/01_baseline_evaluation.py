@@ -115,3 +115,17 @@ fig
 
 # %%
 display(Markdown(figures.baseline_findings(metrics, failures)))
+
+# %% [markdown]
+# ## Checks on what was saved
+#
+# Every selected entry has its raw output on disk, and each category's `n` counts exactly those entries.
+
+# %%
+from tinyllm_utils.results import model_folder_name, read_jsonl
+
+for model, model_metrics in all_metrics.items():
+    for category, selected in model_metrics["selected_ids"].items():
+        saved = {row["id"] for row in read_jsonl(stage_dir / model_folder_name(model) / "predictions" / f"{category}.jsonl")}
+        assert set(selected) <= saved, (model, category)
+        assert model_metrics["categories"][category]["n"] == len(selected), (model, category)
