@@ -108,6 +108,9 @@ def quantize_variants(f16_gguf: str | Path, out_dir: str | Path, types=QUANT_TYP
 
     source, out_dir = Path(f16_gguf), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    unknown = [name for name in types if name not in FILE_TYPES]
+    if unknown:
+        raise ValueError(f"unknown quantization {unknown}; known: {', '.join(FILE_TYPES)}")
     source_type = gguf_file_type(source)
     if source_type not in ("F32", "F16", "BF16") and not allow_requantize:
         # llama.cpp would refuse too, but only after minutes of work: say it at once.
@@ -115,8 +118,6 @@ def quantize_variants(f16_gguf: str | Path, out_dir: str | Path, types=QUANT_TYP
                          "quantize it again (every variant then inherits its loss)")
     paths, records = [], []
     for name in types:
-        if name not in FILE_TYPES:
-            raise ValueError(f"unknown quantization {name!r}; known: {', '.join(FILE_TYPES)}")
         target = out_dir / f"{_stem(source)}-{name}.gguf"
         if not (target.exists() and gguf_file_type(target) == name):
             partial = target.with_name(target.name + ".partial")
@@ -139,10 +140,14 @@ def quantize_variants(f16_gguf: str | Path, out_dir: str | Path, types=QUANT_TYP
         sample = check_loads_and_generates(target) if check else None
         paths.append(target)
         records.append({"quantization": name, "path": target.name, "size_mb": round(target.stat().st_size / 2**20, 2),
+                        "source": str(source), "source_type": source_type,
+                        "requantized": source_type not in ("F32", "F16", "BF16"),
                         "quantize_s": seconds, "check_output": sample})
-    write_json_atomic(out_dir / "variants.json", {"source": str(source), "source_type": source_type,
-                                                  "requantized": source_type not in ("F32", "F16", "BF16"),
-                                                  "variants": records})
+    # One manifest per folder: records of other types (e.g. the F16 made from the base's Q4_K_M) are kept.
+    manifest_path = out_dir / "variants.json"
+    earlier = json.loads(manifest_path.read_text()).get("variants", []) if manifest_path.exists() else []
+    kept = [r for r in earlier if r["quantization"] not in {x["quantization"] for x in records}]
+    write_json_atomic(manifest_path, {"variants": kept + records})
     return paths
 
 
