@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -35,6 +37,8 @@ bfcl_sources = ["exec_simple", "exec_multiple", "exec_parallel", "exec_parallel_
                 "chatable", "multi_turn_composite"]
 # extra datasets, each a dict with path, format, and optionally split and limit
 user_datasets = []
+# generated sources (tinyllm_utils.api_source): ["python_apis"] or [{"name": "python_apis", "rows": 4000}]
+synthetic_sources = []
 # whose tokenizer measures prompt and answer lengths
 model = "gemma-3-270m"
 max_prompt_tokens = 2048
