@@ -534,8 +534,10 @@ class EdgeConfig:
     seed: int = 0
     max_new_tokens: int = 256
     threads: list[int] = field(default_factory=lambda: [1, 2])
+    threads_for: dict[str, list[int]] = field(default_factory=dict)  # per quantization, replaces `threads`
     runs: int = 3
     decode_tokens: int = 64
+    prefix_entries: int = 4  # simple_python entries for the prefix-reuse measurement
     transformers_reference: dict[str, str] = field(default_factory=dict)  # method -> HF folder (fp32 / bf16 row)
     transformers_dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
     transformers_threads: list[int] = field(default_factory=lambda: [2])
@@ -555,7 +557,8 @@ def run_edge_stage(config: EdgeConfig, out_dir: str | Path, progress: bool = Tru
 
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / "edge_config.json", asdict(config))
-    prompts, prefix = representative_prompts(config.seed), shared_prefix_prompts(seed=config.seed)
+    prompts = representative_prompts(config.seed)
+    prefix = shared_prefix_prompts(config.prefix_entries, seed=config.seed)
     records = []
     for method, gguf in config.checkpoints.items():
         method_dir = out_dir / method
@@ -570,7 +573,7 @@ def run_edge_stage(config: EdgeConfig, out_dir: str | Path, progress: bool = Tru
             evaluate(EvalConfig(model=str(path), categories=config.categories, limit=config.limit,
                                 multi_turn_limit=config.multi_turn_limit, seed=config.seed,
                                 max_new_tokens=config.max_new_tokens), eval_dir, progress=progress)
-            for threads in config.threads:
+            for threads in config.threads_for.get(quant, config.threads):
                 profile_path = method_dir / "profile" / f"{quant}-t{threads}.json"
                 if not profile_path.exists():
                     write_json_atomic(profile_path, profile_variant(
