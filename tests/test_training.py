@@ -1,0 +1,294 @@
+"""Training library on a tiny random Gemma 3 with the real tokenizer: each TRL trainer for a few steps.
+
+    .venv/bin/python -m pytest tests/test_training.py -x -q -p no:cacheprovider
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from tiny_model import build_tiny_model
+
+from tinyllm_utils import training
+from tinyllm_utils.registry import ModelSpec, resolve_model
+
+torch.set_num_threads(1)  # tiny matrices: threads only add contention on a shared 2-core machine
+
+FUNCTIONS = [
+    {"name": "add", "description": "Add two integers.",
+     "parameters": {"type": "dict", "properties": {"a": {"type": "integer", "description": "first"},
+                                                   "b": {"type": "integer", "description": "second"}},
+                    "required": ["a", "b"]}},
+    {"name": "get_weather", "description": "Current weather in a city.",
+     "parameters": {"type": "dict", "properties": {"city": {"type": "string", "description": "city name"}},
+                    "required": ["city"]}},
+]
+QUESTIONS = [("What is 2 plus 3?", [{"add": {"a": 2, "b": 3}}]),
+             ("Add 10 and 7.", [{"add": {"a": 10, "b": 7}}]),
+             ("How is the weather in Paris?", [{"get_weather": {"city": "Paris"}}]),
+             ("Weather for Oslo please.", [{"get_weather": {"city": "Oslo"}}])]
+
+
+def _row(i, question, target, category="multiple"):  # two functions offered: BFCL's "multiple"
+    return {"id": f"row_{i}", "source": "test", "category": category,
+            "messages": json.dumps([{"role": "user", "content": question}]), "functions": json.dumps(FUNCTIONS),
+            "target": json.dumps(target), "augmentation": ""}
+
+
+ROWS = [_row(i, q, t) for i, (q, t) in enumerate(QUESTIONS)]
+IRRELEVANT = _row(9, "Tell me a joke.", [], category="irrelevance")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-gemma")
+    ModelSpec(name="tiny-gemma", source="local", prompt_format="gemma", params_b=0.017).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return training.load_for_training(str(tiny_dir))
+
+
+@pytest.fixture
+def model(tiny):
+    return _copy(tiny[0])
+
+
+def _copy(model):
+    import copy
+
+    clone = copy.deepcopy(model)
+    clone._tinyllm_spec = model._tinyllm_spec
+    return clone
+
+
+def _sft_config(**overrides):
+    return training.sft_config_from_dict({"max_steps": 6, "learning_rate": 1e-2, "per_device_train_batch_size": 2,
+                                          "save_steps": 3, "lr_scheduler_type": "constant", **overrides})
+
+
+def test_load_for_training_reads_the_spec_and_ends_turns_with_end_of_turn(tiny):
+    model, tokenizer = tiny
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.dtype == torch.float32
+    assert model._tinyllm_spec.prompt_format == "gemma"
+    assert tokenizer.eos_token == "<end_of_turn>"
+    assert model.generation_config.eos_token_id[0] == tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied, as gemma-3-270m
+
+
+def test_sft_rows_are_the_evaluation_prompt_plus_the_answer(tiny):
+    from tinyllm_utils.prompts import first_turn_messages, format_prompt
+    from tinyllm_utils.training_data import row_entry
+
+    data = training.sft_dataset(ROWS + [IRRELEVANT])
+    assert data[0]["prompt"] == format_prompt(first_turn_messages(row_entry(ROWS[0]))[0], "gemma")
+    assert data[0]["prompt"].endswith("<start_of_turn>model\n")
+    assert data[0]["completion"] == "[add(a=2, b=3)]<end_of_turn>"
+    assert data[4]["completion"].startswith("None of the provided functions")
+
+
+def test_head_only_loss_equals_the_full_logits_loss(tiny, model):
+    tokenizer = tiny[1]
+    trainer = training.trainer_classes()["sft"](
+        model=model, args=_sft_config(output_dir="unused"), train_dataset=training.sft_dataset(ROWS),
+        processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    answer = (batch["labels"] != -100).sum().item()
+    assert 0 < answer < batch["labels"].numel() // 4  # most positions are prompt: the head skips them
+
+    model.zero_grad()
+    head = trainer.compute_loss(model, dict(batch))
+    head.backward()
+    head_grad = model.model.layers[0].mlp.down_proj.weight.grad.clone()
+    model.zero_grad()
+    full = training.full_logits_loss(model, batch)  # transformers' own loss on all (B, T, 262k) logits
+    full.backward()
+    full_grad = model.model.layers[0].mlp.down_proj.weight.grad
+    assert head.item() == pytest.approx(full.item(), rel=1e-5)
+    torch.testing.assert_close(head_grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tiny_dir, model, tmp_path):
+    from peft import PeftModel
+
+    tokenizer = tiny[1]
+    data = training.sft_dataset(ROWS)
+    out = tmp_path / "sft"
+    result = training.train_sft(model, tokenizer, data, None, _sft_config(), training.default_lora(), out,
+                                stage_key="04_sft")
+    curves = training.pd.read_csv(out / "curves.csv")
+    assert {"loss", "learning_rate", "grad_norm"} <= set(curves.columns)
+    losses = curves["loss"].dropna().tolist()
+    assert len(losses) == 6 and min(losses[3:]) < losses[0] - 0.3
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+
+    final = Path(result["path"])
+    spec = resolve_model(str(final))
+    assert (spec.prompt_format, spec.source, spec.method, spec.base_model, spec.stage_key, spec.path) == \
+        ("gemma", "local", "sft_lora", "tiny-gemma", "04_sft", str(final.resolve()))
+    assert spec.parent == str(tiny_dir.resolve())
+    with safe_open(final / "model.safetensors", "pt") as weights:  # one tied matrix, no adapter left
+        keys = set(weights.keys())
+    assert not any("lora" in k for k in keys) and not any(k.startswith("lm_head") for k in keys)
+
+    # merge parity: the merged folder generates what base + adapter (from the last checkpoint) generates
+    merged, _ = training.load_for_training(str(final))
+    assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight
+    base, _ = training.load_for_training(str(tiny_dir))
+    unmerged = PeftModel.from_pretrained(base, str(out / "checkpoints" / "checkpoint-6")).eval()
+    prompt = tokenizer(data[0]["prompt"], return_tensors="pt")
+    with torch.no_grad():
+        a = unmerged.generate(**prompt, max_new_tokens=8, do_sample=False)
+        b = merged.eval().generate(**prompt, max_new_tokens=8, do_sample=False)
+        torch.testing.assert_close(unmerged(**prompt).logits, merged(**prompt).logits, rtol=1e-4, atol=1e-4)
+    assert a.tolist() == b.tolist()
+
+    # a rerun with the same parameters returns the finished result without training
+    again = training.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(), training.default_lora(), out)
+    assert again["seconds"] == result["seconds"]
+    # an interrupted run resumes from its last checkpoint
+    for name in ("result.json",):
+        (out / name).unlink()
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    shutil.rmtree(final)
+    resumed = training.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(), training.default_lora(), out)
+    assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["global_step"] == 6
+    assert (Path(resumed["path"]) / "model_spec.json").exists()
+    # other parameters in the same folder are refused, naming what differs
+    (out / "result.json").unlink()
+    with pytest.raises(ValueError, match="config"):
+        training.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(learning_rate=1e-3),
+                           training.default_lora(), out)
+
+
+def test_full_sft_then_dpo_from_its_checkpoint(tiny, model, tmp_path):
+    sft = training.train_sft(model, tiny[1], training.sft_dataset(ROWS), training.sft_dataset(ROWS[:2]),
+                             _sft_config(max_steps=3, learning_rate=3e-3, save_steps=3, eval_strategy="steps",
+                                         eval_steps=3), None, tmp_path / "sft")
+    losses = training.pd.read_csv(tmp_path / "sft" / "curves.csv")["loss"].dropna().tolist()
+    assert losses[-1] < losses[0] and "eval_loss" in sft["final_metrics"]
+    assert resolve_model(sft["path"]).method == "sft"
+
+    policy, tokenizer = training.load_for_training(sft["path"])  # hybrid: DPO starts from the SFT model
+    config = training.dpo_config_from_dict({"max_steps": 3, "learning_rate": 1e-3, "beta": 0.5, "save_steps": 3,
+                                            "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5],
+                                            "lr_scheduler_type": "constant"})
+    dpo = training.train_dpo(policy, tokenizer, training.dpo_dataset(_pairs()), None, config, None, tmp_path / "dpo")
+    curves = training.pd.read_csv(tmp_path / "dpo" / "curves.csv")
+    assert curves["rewards/margins"].dropna().iloc[-1] > 0  # 0 at the first step: the explicit copy is the reference
+    spec = resolve_model(dpo["path"])
+    assert (spec.method, spec.parent, spec.base_model) == ("dpo", str(Path(sft["path"]).resolve()), "tiny-gemma")
+
+
+def _pairs():
+    from datasets import Dataset
+
+    rows = []
+    for row in ROWS:
+        example = training._prompt_and_answer(row, "gemma")
+        rows.append({"prompt": example["prompt"], "chosen": example["completion"],
+                     "rejected": "[get_weather(city='nowhere')]<end_of_turn>"})
+    return Dataset.from_list(rows)
+
+
+def test_dpo_lora_learns_the_preference(tiny, model, tmp_path):
+    config = training.dpo_config_from_dict({"max_steps": 4, "learning_rate": 5e-3, "beta": 0.5, "save_steps": 4,
+                                            "lr_scheduler_type": "constant"})
+    result = training.train_dpo(model, tiny[1], training.dpo_dataset(_pairs()), None, config,
+                                training.default_lora(), tmp_path / "dpo")
+    curves = training.pd.read_csv(tmp_path / "dpo" / "curves.csv")
+    margins = curves["rewards/margins"].dropna().tolist()  # reference: the policy with its adapter disabled
+    assert margins[-1] > margins[0] and curves["rewards/accuracies"].dropna().iloc[-1] > 0.5
+    assert curves["loss"].dropna().iloc[-1] < curves["loss"].dropna().iloc[0]
+    assert (tmp_path / "dpo" / "checkpoints" / "checkpoint-4").exists()
+    assert resolve_model(result["path"]).method == "dpo_lora"
+
+
+def test_checker_reward_scores_only_what_the_checker_accepts(tmp_path):
+    rows = ROWS[:1] * 6 + [IRRELEVANT] * 2
+    columns = {c: [r[c] for r in rows] for c in training.GRPO_COLUMNS}
+    marker = tmp_path / "pwned"
+    completions = [
+        "[add(a=2, b=3)]<end_of_turn>",  # correct
+        "[add(a=2, b=4)]",  # wrong value
+        "[get_weather(city='Paris')]",  # wrong function
+        "I think you should add them",  # unparseable prose
+        f"[__import__('os').system('touch {marker}')]",  # malicious: never executed, scored 0
+        "[add(a=eval('2'), b=3)]",  # an expression where a literal belongs
+        "None of the provided functions can answer this request.",  # irrelevance: no call is right
+        f"[add(a=open('{marker}', 'w'), b=1)]",  # a call on an irrelevance prompt is wrong
+    ]
+    rewards = training.checker_reward(prompts=[""] * len(rows), completions=completions, **columns)
+    assert rewards == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert not marker.exists()
+    conversational = [[{"role": "assistant", "content": "[add(a=2, b=3)]"}]]
+    assert training.checker_reward([""], conversational, **{c: v[:1] for c, v in columns.items()}) == [1.0]
+
+
+def test_grpo_runs_with_the_checker_reward(tiny, model, tmp_path):
+    data = training.grpo_dataset(ROWS)
+    config = training.grpo_config_from_dict({"max_steps": 2, "num_generations": 2, "per_device_train_batch_size": 2,
+                                             "max_completion_length": 8, "save_steps": 2})
+    result = training.train_grpo(model, tiny[1], data, None, config, training.default_lora(), tmp_path / "grpo")
+    curves = training.pd.read_csv(tmp_path / "grpo" / "curves.csv")
+    assert {"reward", "reward_std", "rewards/checker_reward/mean"} <= set(curves.columns)
+    assert curves["reward"].between(0, 1).all()  # a random model earns nothing, but the loop ran end to end
+    assert (tmp_path / "grpo" / "checkpoints" / "checkpoint-2").exists()
+    assert resolve_model(result["path"]).method == "grpo_lora"
+    fig = training.plot_curves(tmp_path / "grpo" / "curves.csv", "grpo")
+    assert [ax.get_title() for ax in fig.axes][-1] == "reward"
+
+
+def test_self_improvement_cycle_trains_on_the_models_own_failures(tiny_dir, tmp_path):
+    from conftest import FakeBackend
+    from datasets import Dataset, DatasetDict
+
+    stage02 = DatasetDict({"train": Dataset.from_list(ROWS), "validation": Dataset.from_list(ROWS[:1])})
+    # wrong on both sums and on Oslo, right on Paris: three checker-verified failures
+    wrong = FakeBackend(lambda prompt: "[get_weather(city='Paris')]" if "Paris" in prompt or "Oslo" in prompt
+                        else "[add(a=0, b=0)]")
+    result = training.self_improvement_cycle(str(tiny_dir), stage02, tmp_path / "cycle1",
+                                             {"max_steps": 2, "learning_rate": 1e-3}, lora=training.default_lora(),
+                                             backend=wrong, stage_key="06_cycle1")
+    assert result["trained"] and result["rows"] == 4 and result["failed"] == 3 and result["pairs"] == 3
+    assert result["seconds"] > 0
+    spec = resolve_model(result["path"])
+    assert (spec.method, spec.stage_key, spec.parent) == ("dpo_lora", "06_cycle1", str(tiny_dir.resolve()))
+
+
+def test_configs_are_trls_own_classes_with_cpu_defaults(tmp_path):
+    import trl
+
+    sft = training.sft_config_from_dict({"num_train_epochs": 2}, tmp_path)
+    assert isinstance(sft, trl.SFTConfig) and sft.completion_only_loss and sft.num_train_epochs == 2
+    assert sft.output_dir == str(tmp_path) and sft.report_to in ([], "none", ["none"])
+    if not torch.cuda.is_available():
+        assert sft.use_cpu and not sft.bf16
+    for loss_type in (["sigmoid"], ["ipo"], ["apo_zero"], ["sigmoid", "sft"]):
+        assert training.dpo_config_from_dict({"loss_type": loss_type, "beta": 0.2}).loss_type == loss_type
+    grpo = training.grpo_config_from_dict({"num_generations": 2, "max_completion_length": 32})
+    assert isinstance(grpo, trl.GRPOConfig) and grpo.num_generations == 2
+    with pytest.raises(TypeError):
+        training.sft_config_from_dict({"no_such_option": 1})
+
+
+def test_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = Path(training.__file__).parent / "configs" / "accelerate"
+    names = sorted(p.name for p in folder.glob("*.yaml"))
+    assert names == ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "fsdp.yaml", "multi_gpu.yaml"]
+    for name in names:
+        raw = yaml.safe_load((folder / name).read_text())
+        assert raw["distributed_type"] in {"MULTI_GPU", "DEEPSPEED", "FSDP"}
+        config = load_config_from_file(str(folder / name))
+        assert config.distributed_type.value == raw["distributed_type"] and config.num_processes == 8
+    assert os.path.exists(folder / "fsdp.yaml")

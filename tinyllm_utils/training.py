@@ -1,0 +1,601 @@
+"""Training on TRL: SFT (full and LoRA), DPO, GRPO with bfcl's checker as reward, self-improvement cycles.
+
+    from tinyllm_utils import training
+    model, tokenizer = training.load_for_training("gemma-3-270m")        # the de-quantized embedded GGUF
+    config = training.sft_config_from_dict({"max_steps": 100, "learning_rate": 5e-5})
+    result = training.train_sft(model, tokenizer, training.sft_dataset(stage02["train"]), None, config,
+                                training.default_lora(), "outputs/run/04_sft/gemma-3-270m")
+    result["path"]   # <out_dir>/final: merged weights + tokenizer + model_spec.json (resolve_model(path) reads it)
+
+Every loop is TRL's own (SFTTrainer, DPOTrainer, GRPOTrainer); this module adds what the study needs around
+them:
+
+* **Head-only loss.** TRL 1.16 patches the model with a fused LM head (`add_fused_lm_head`) that returns
+  per-token log-probs in tiles instead of (batch, seq, 262k) logits, but off Triton (this CPU) it still runs
+  the head on *every* position. Answers are ~40 tokens after ~720 prompt tokens, so `add_head_only_lm_head`
+  re-patches the same interface (`model(..., labels=..., fused_lm_head=True)`) to project only the positions
+  whose label is not -100 (what TRL itself does on CUDA), through TRL's own tiled kernel. SFT, DPO and GRPO all
+  reach the head through that call, so the `HeadOnly*Trainer` subclasses change nothing else: same losses, same
+  metrics, ~18x fewer head FLOPs per SFT row.
+* **Gemma's end of turn.** For `gemma`-format models `<end_of_turn>` is made the tokenizer's EOS, as the
+  evaluation stops there: TRL then appends nothing after the answers (format_example already ends them with it)
+  and GRPO's sampling stops at the end of the turn.
+* **Outputs** under `out_dir`: `checkpoints/` (TRL checkpoints; a rerun resumes from the last one),
+  `curves.csv` (trainer.state.log_history, one row per step), `final/` (LoRA merged into the base, tied
+  embeddings kept, `model_spec.json` with the lineage), `result.json` (written last; a rerun with the same
+  parameters returns it without training).
+
+Model output is never executed: GRPO's reward decodes completions with tinyllm_utils.decoding (literals only)
+and asks bfcl-eval's checker (tinyllm_utils.scoring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import json
+import shutil
+import time
+import types
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from tinyllm_utils.prompts import answer_text, first_turn_messages, format_example, format_prompt
+from tinyllm_utils.registry import ModelSpec, ModelUnavailableError, resolve_model
+from tinyllm_utils.results import manifest, write_json_atomic, write_text_atomic
+from tinyllm_utils.scoring import score_single_turn
+from tinyllm_utils.training_data import row_entry, row_example
+
+END_OF_TURN = "<end_of_turn>"
+# Per-token fields the policy's head computes: log-probs for the losses, the rest for TRL's logged metrics.
+HEAD_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
+LORA_DEFAULTS = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+STEP_CURVES = ("loss", "eval_loss", "learning_rate", "grad_norm", "rewards/margins", "rewards/accuracies",
+               "reward", "reward_std")
+
+
+# ---------------------------------------------------------------- models
+
+
+def load_for_training(spec_or_name: ModelSpec | str, dtype=None):
+    """(model, tokenizer) ready for the trainers. The embedded GGUF is de-quantized once to safetensors
+    (backends._embedded_hf_copy): that fp32 copy IS the study's base model offline. Hub ids and local
+    folders load with `from_pretrained`; a local `.gguf` is de-quantized on load. `dtype` defaults to fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tinyllm_utils.backends import _embedded_hf_copy
+
+    spec = resolve_model(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
+    dtype = dtype or torch.float32
+    if spec.source == "embedded":
+        source, extra = str(_embedded_hf_copy(spec)), {}
+    elif spec.path and spec.path.endswith(".gguf"):
+        source, extra = str(Path(spec.path).parent), {"gguf_file": Path(spec.path).name}
+    else:
+        source, extra = spec.path or spec.hf_id, ({"revision": spec.revision} if spec.revision else {})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+    except OSError as exc:
+        raise ModelUnavailableError(f"cannot load {spec.name!r} for training from {source!r} "
+                                    f"({str(exc).splitlines()[0]})") from None
+    model.hf_quantizer = None  # a GGUF load leaves its (de-)quantizer attached; the weights are plain tensors
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if spec.prompt_format == "gemma":
+        use_end_of_turn_as_eos(model, tokenizer)
+    model._tinyllm_spec = spec  # read by the train_* functions for model_spec.json
+    return model, tokenizer
+
+
+def use_end_of_turn_as_eos(model, tokenizer) -> None:
+    """Gemma-format answers end with `<end_of_turn>` (prompts.format_example); make it the EOS everywhere so
+    TRL appends no `<eos>` after it and generation (GRPO, self-improvement) stops at the end of the turn."""
+    end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    if end_id is None or end_id == tokenizer.unk_token_id:
+        return
+    tokenizer.eos_token = END_OF_TURN
+    configured = model.generation_config.eos_token_id
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    model.generation_config.eos_token_id = [end_id] + [i for i in configured if i != end_id]
+    model.config.eos_token_id = end_id
+
+
+def default_lora(**overrides):
+    """LoRA r 16, alpha 32 on every linear layer but the (tied) output head; `ensure_weight_tying` keeps the
+    embeddings tied (never `modules_to_save` on lm_head/embeddings: that unties them, peft#2777)."""
+    from peft import LoraConfig
+
+    return LoraConfig(**{**LORA_DEFAULTS, "ensure_weight_tying": True, **overrides})
+
+
+# ---------------------------------------------------------------- the head-only LM head
+
+
+def add_head_only_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: bool = False,
+                          outputs: tuple[str, ...] = HEAD_OUTPUTS) -> None:
+    """Patch `model` so `model(..., labels=labels, fused_lm_head=True)` projects only the positions whose next
+    label is not -100 through the output head, with TRL's tiled log-prob kernel; returns TRL's
+    `FusedCausalLMOutput` (per-token fields zero on ignored positions). Other calls (generation) are unchanged.
+
+    Applied over TRL's own patch (which scores every position off Triton), to the unwrapped model (PEFT's base
+    model), after the trainer is built."""
+    import torch
+    from trl.kernels import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, FusedCausalLMOutput, maybe_gather_lm_head_ctx
+
+    text_config = model.config.get_text_config()
+    scaled = [k for k in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+              if getattr(text_config, k, None) is not None]
+    if scaled:
+        raise NotImplementedError(f"{type(model).__name__} scales its logits ({scaled}); use TRL's own head")
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    inner = model.forward  # TRL's fused forward or the model's own: both pass plain calls through
+
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None,
+                **kwargs):
+        if not fused_lm_head:
+            extra = {k: v for k, v in (("labels", labels), ("shift_labels", shift_labels),
+                                       ("num_items_in_batch", num_items_in_batch)) if v is not None}
+            return inner(*args, **kwargs, **extra)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state
+        if shift_labels is None:
+            hidden, labels = hidden[:, :-1], labels[:, 1:]
+        else:
+            labels = shift_labels
+        lm_head = self.get_output_embeddings()
+        hidden, labels = hidden.to(lm_head.weight.device), labels.to(lm_head.weight.device)
+        mask = labels != -100
+        selected = hidden[mask]  # (answer tokens, hidden): the only rows that reach the 262k-wide head
+        precision = contextlib.nullcontext()
+        if cast_lm_head_to_fp32:
+            selected, precision = selected.float(), torch.autocast(selected.device.type, enabled=False)
+        with precision, maybe_gather_lm_head_ctx(lm_head.weight, lm_head.bias):
+            per_token = ChunkedLogProbFunction.apply(selected, lm_head.weight, lm_head.bias, labels[mask], temperature,
+                                                      _CHUNKED_LOGPROB_CHUNK_SIZE, softcap, 1.0, outputs)
+        # masked_scatter keeps an all-masked batch connected to the graph (a differentiable zero)
+        log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1 = (
+            None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x) for x in per_token)
+        denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(loss=-log_probs.sum() / denominator, log_probs=log_probs, entropy=entropy,
+                                   log_sum_sq_probs=log_sum_sq_probs, mean_logits=mean_logits, is_top1=is_top1,
+                                   label_mask=mask, aux_loss=None)
+
+    model.forward = types.MethodType(forward, model)
+
+
+class _HeadOnly:
+    """Mixin: after TRL builds the trainer (and patches its fused head), switch policy and reference to the
+    head-only head with the same temperature / fp32 options TRL chose."""
+
+    def _use_head_only(self):
+        temperature = getattr(self, "temperature", 1.0)  # GRPO samples and scores at its temperature
+        cast = getattr(self.args, "cast_lm_head_to_fp32", False)
+        outputs = HEAD_OUTPUTS + (("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ())
+        policy = self.model.get_base_model() if _is_peft(self.model) else self.model
+        add_head_only_lm_head(policy, temperature, cast, outputs)
+        if getattr(self, "ref_model", None) is not None:
+            add_head_only_lm_head(self.ref_model, temperature, cast, ("log_probs",))
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _trainer_classes():
+    from trl import DPOTrainer, GRPOTrainer, SFTTrainer
+
+    class HeadOnlySFTTrainer(_HeadOnly, SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._use_head_only()
+
+    class HeadOnlyDPOTrainer(_HeadOnly, DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._use_head_only()
+
+    class HeadOnlyGRPOTrainer(_HeadOnly, GRPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._use_head_only()
+
+    return HeadOnlySFTTrainer, HeadOnlyDPOTrainer, HeadOnlyGRPOTrainer
+
+
+@functools.cache
+def trainer_classes() -> dict:
+    """{"sft", "dpo", "grpo"} -> the head-only subclasses of TRL's trainers (built lazily: TRL imports slowly)."""
+    return dict(zip(("sft", "dpo", "grpo"), _trainer_classes()))
+
+
+def full_logits_loss(model, batch) -> "torch.Tensor":  # noqa: F821
+    """transformers' own causal-LM loss on the full logits (the reference the head-only loss must equal)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def head_only_loss(model, batch) -> "torch.Tensor":  # noqa: F821
+    """The loss through a head-only patched model (`add_head_only_lm_head`)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 fused_lm_head=True).loss
+
+
+# ---------------------------------------------------------------- datasets (stage 02 / 03 -> TRL formats)
+
+
+def _rows(data) -> list[dict]:
+    return [dict(row) for row in data] if not isinstance(data, list) else data
+
+
+def _prompt_and_answer(row: dict, prompt_format: str, tokenizer=None) -> dict:
+    messages = first_turn_messages(row_entry(row))[0]
+    return format_example(messages, answer_text(json.loads(row["target"])), prompt_format, tokenizer)
+
+
+def sft_dataset(data, prompt_format: str = "gemma", tokenizer=None):
+    """Stage-02 rows (a split or a list of dicts) as TRL prompt/completion rows in the evaluation format: the
+    prompt ends on `<start_of_turn>model\\n`, the completion is the reference call list (or the no-call sentence)
+    plus the end-of-turn marker. Loss on the completion only (`completion_only_loss`)."""
+    from datasets import Dataset
+
+    rows = [_prompt_and_answer(row, prompt_format, tokenizer) for row in _rows(data)]
+    return Dataset.from_list(rows) if rows else Dataset.from_dict({"prompt": [], "completion": []})
+
+
+def dpo_dataset(pairs):
+    """Stage-03 pairs (already in the evaluation format) reduced to TRL's preference columns."""
+    return pairs.select_columns(["prompt", "chosen", "rejected"])
+
+
+GRPO_COLUMNS = ("id", "category", "messages", "functions", "target")
+
+
+def grpo_dataset(data, prompt_format: str = "gemma", tokenizer=None):
+    """Stage-02 rows as GRPO prompts; the columns the checker needs (id, category, messages, functions, target:
+    JSON strings) ride along and reach `checker_reward` as keyword lists."""
+    from datasets import Dataset
+
+    rows = []
+    for row in _rows(data):
+        prompt = format_prompt(first_turn_messages(row_entry(row))[0], prompt_format, tokenizer)
+        rows.append({"prompt": prompt, **{c: row[c] for c in GRPO_COLUMNS}})
+    return Dataset.from_list(rows)
+
+
+def drop_too_long(dataset, tokenizer, max_length: int | None, text_columns=("prompt", "completion")):
+    """Rows whose prompt+answer fit `max_length` tokens, and how many were dropped: truncation that cuts the
+    whole answer trains on nothing with a silent zero loss (trl#6668)."""
+    if not max_length:
+        return dataset, 0
+    kept = dataset.filter(lambda row: len(tokenizer("".join(row[c] for c in text_columns if c in row)).input_ids)
+                          <= max_length)
+    return kept, len(dataset) - len(kept)
+
+
+# ---------------------------------------------------------------- reward (GRPO)
+
+
+def _completion_text(completion) -> str:
+    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
+        completion = "".join(m.get("content", "") for m in completion if isinstance(m, dict))
+    text = str(completion)
+    return text.split(END_OF_TURN)[0].strip()
+
+
+def checker_reward(prompts, completions, *, category, messages, functions, target, id=None, **_) -> list[float]:
+    """1.0 when bfcl-eval's checker accepts the completion, else 0.0 (no shaping term).
+
+    The completion is decoded by tinyllm_utils.decoding (literals only, never evaluated); unparseable,
+    unsafe (calls, attributes, names as arguments) or otherwise malformed text scores 0, and so does a text
+    the checker itself fails on. Columns are the stage-02 row's JSON strings (grpo_dataset)."""
+    rewards = []
+    for i, completion in enumerate(completions):
+        row = {"id": (id[i] if id else str(i)), "category": category[i], "messages": messages[i],
+               "functions": functions[i], "target": target[i]}
+        try:
+            valid = score_single_turn(row_example(row), _completion_text(completion))["valid"]
+        except Exception:  # noqa: BLE001 (a checker crash on an odd output is that output's failure)
+            valid = False
+        rewards.append(1.0 if valid else 0.0)
+    return rewards
+
+
+# ---------------------------------------------------------------- configs (TRL's own classes from a dict)
+
+
+def _defaults(kind: str) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    common = {
+        "report_to": "none", "logging_steps": 1, "save_strategy": "steps", "save_steps": 50, "save_total_limit": 2,
+        "use_cpu": not cuda,
+        # bf16 autocast only on a GPU that has it; on this CPU fp32 (benchmarks/train_step.py measures both)
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        # off on CPU: 2x760-token LoRA steps fit in a few GB without it and run ~30 % faster
+        "gradient_checkpointing": cuda,
+        "dataloader_pin_memory": cuda, "seed": 0, "disable_tqdm": True, "per_device_train_batch_size": 2,
+    }
+    specific = {
+        "sft": {"completion_only_loss": True, "max_length": 2048, "learning_rate": 5e-5},
+        "dpo": {"max_length": 2048, "beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 5e-6},
+        "grpo": {"num_generations": 4, "max_completion_length": 128, "per_device_train_batch_size": 4,
+                 "learning_rate": 1e-6, "temperature": 1.0},
+    }[kind]
+    return {**common, **specific}
+
+
+def training_config(kind: str, d: dict | None = None, output_dir: str | Path | None = None):
+    """TRL's `SFTConfig` / `DPOConfig` / `GRPOConfig` from a plain dict (a profile block) over the study's
+    defaults (report_to none, log every step, checkpoints every 50 steps, CPU: use_cpu, fp32, no gradient
+    checkpointing). Unknown keys raise TRL's own TypeError."""
+    import trl
+
+    cls = {"sft": trl.SFTConfig, "dpo": trl.DPOConfig, "grpo": trl.GRPOConfig}[kind]
+    values = {**_defaults(kind), **(d or {})}
+    values["output_dir"] = str(output_dir or values.get("output_dir") or "checkpoints")
+    return cls(**values)
+
+
+def sft_config_from_dict(d: dict | None = None, output_dir=None):
+    return training_config("sft", d, output_dir)
+
+
+def dpo_config_from_dict(d: dict | None = None, output_dir=None):
+    return training_config("dpo", d, output_dir)
+
+
+def grpo_config_from_dict(d: dict | None = None, output_dir=None):
+    return training_config("grpo", d, output_dir)
+
+
+# ---------------------------------------------------------------- runs: checkpoints, curves, final model
+
+
+def curves_frame(log_history: list[dict]) -> pd.DataFrame:
+    """trainer.state.log_history as one row per step (train and eval logs of a step merged)."""
+    frame = pd.DataFrame([h for h in log_history if "step" in h])
+    if frame.empty:
+        return frame
+    return frame.groupby("step", as_index=False).first()
+
+
+def plot_curves(curves: pd.DataFrame | str | Path, title: str = ""):
+    """One panel per logged curve: loss (and eval loss), learning rate, grad norm, DPO reward margin and
+    accuracy, GRPO mean reward with its spread."""
+    import matplotlib.pyplot as plt
+
+    if not isinstance(curves, pd.DataFrame):
+        curves = pd.read_csv(curves)
+    panels = [c for c in ("loss", "learning_rate", "grad_norm", "rewards/margins", "rewards/accuracies", "reward")
+              if c in curves and curves[c].notna().any()]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.6 * max(len(panels), 1), 3), squeeze=False)
+    for ax, column in zip(axes[0], panels):
+        data = curves[["step", column]].dropna()
+        ax.plot(data["step"], data[column], marker=".", label=column)
+        if column == "loss" and "eval_loss" in curves and curves["eval_loss"].notna().any():
+            ev = curves[["step", "eval_loss"]].dropna()
+            ax.plot(ev["step"], ev["eval_loss"], marker="o", label="eval_loss")
+            ax.legend()
+        if column == "reward" and "reward_std" in curves:
+            spread = curves[["step", "reward", "reward_std"]].dropna()
+            ax.fill_between(spread["step"], spread["reward"] - spread["reward_std"],
+                            spread["reward"] + spread["reward_std"], alpha=0.2)
+        ax.set_title(column)
+        ax.set_xlabel("step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)  # the caller shows the returned figure once
+    return fig
+
+
+def _config_key(config) -> dict:
+    """The parameters a finished run depends on (logging and saving options left out)."""
+    skip = {"output_dir", "logging_dir", "logging_steps", "save_steps", "save_total_limit", "disable_tqdm",
+            "report_to", "eval_steps", "save_strategy", "logging_strategy", "eval_strategy"}
+    values = {k: v for k, v in config.to_dict().items() if k not in skip and not k.startswith("_")}
+    return json.loads(json.dumps(values, sort_keys=True, default=str))
+
+
+def _dataset_key(dataset) -> str | None:
+    return None if dataset is None else getattr(dataset, "_fingerprint", None)
+
+
+def _run_key(method: str, config, lora, train_ds, eval_ds, spec: ModelSpec | None) -> dict:
+    key = {"method": method, "config": _config_key(config),
+           "lora": None if lora is None else json.loads(json.dumps(lora.to_dict(), default=str, sort_keys=True)),
+           "train": _dataset_key(train_ds), "eval": _dataset_key(eval_ds), "model": spec.name if spec else None}
+    key["digest"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return key
+
+
+def _finished(out_dir: Path, key: dict) -> dict | None:
+    path = out_dir / "result.json"
+    if path.exists():
+        result = json.loads(path.read_text())
+        if result.get("run_key", {}).get("digest") == key["digest"] and Path(result["path"]).exists():
+            return result
+    return None
+
+
+def _check_resumable(out_dir: Path, key: dict) -> None:
+    saved = out_dir / "run_key.json"
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        if old.get("digest") != key["digest"]:
+            changed = sorted(k for k in key if k != "digest" and old.get(k) != key[k])
+            raise ValueError(f"{out_dir} holds a run with other parameters (differing: {changed}); "
+                             "use another out_dir or delete it")
+    write_json_atomic(saved, key)
+
+
+def save_final(model, tokenizer, folder: str | Path, spec: ModelSpec | None, method: str,
+               stage_key: str | None = None, name: str | None = None) -> Path:
+    """The trained model for evaluation and export: LoRA merged into the base (ties kept), weights, tokenizer
+    and `model_spec.json` (source local, prompt format inherited, lineage: base_model, method, parent,
+    stage_key), written to a temporary folder first so an interrupted save never looks finished."""
+    folder = Path(folder)
+    if _is_peft(model):
+        model = model.merge_and_unload()
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(str(partial))
+    tokenizer.save_pretrained(str(partial))
+    if spec is not None:
+        parent = spec.path if spec.source == "local" and spec.path else spec.name
+        trained = replace(spec, name=name or f"{spec.name}-{method}", base_model=spec.base_model or spec.name,
+                          method=method, parent=parent, stage_key=stage_key)
+        trained.save(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    if spec is not None:  # ModelSpec.save wrote the temporary folder's path; point it at the final one
+        trained.save(folder)
+    return folder
+
+
+def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: ModelSpec | None,
+           stage_key: str | None, name: str | None, **extra) -> dict:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = Path(trainer.args.output_dir)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
+    start = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - start
+    curves = curves_frame(trainer.state.log_history)
+    write_text_atomic(out_dir / "curves.csv", curves.to_csv(index=False))
+    final = save_final(trainer.model, tokenizer, out_dir / "final", spec, method, stage_key, name)
+    result = manifest(key["config"], method=method, path=str(final), seconds=seconds, resumed_from=last,
+                      global_step=trainer.state.global_step, train_metrics=train_output.metrics,
+                      final_metrics={k: float(curves[k].dropna().iloc[-1]) for k in STEP_CURVES
+                                     if k in curves and curves[k].notna().any()},
+                      run_key=key, curves=str(out_dir / "curves.csv"), **extra)
+    write_json_atomic(out_dir / "result.json", result)
+    return result
+
+
+def _prepare(method: str, model, config, lora, train_ds, eval_ds, out_dir, spec):
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = spec or getattr(model, "_tinyllm_spec", None)
+    config.output_dir = str(out_dir / "checkpoints")
+    key = _run_key(method, config, lora, train_ds, eval_ds, spec)
+    return out_dir, spec, key
+
+
+def train_sft(model, tokenizer, train_ds, eval_ds, sft_config, lora=None, out_dir="sft", *, spec=None,
+              stage_key=None, name=None) -> dict:
+    """Supervised fine-tuning on prompt/completion rows (sft_dataset), loss on the completion only, full
+    (lora=None) or LoRA (`default_lora()`); returns result.json's content (`path` = the final model)."""
+    out_dir, spec, key = _prepare("sft", model, sft_config, lora, train_ds, eval_ds, out_dir, spec)
+    if (done := _finished(out_dir, key)) is not None:
+        return done
+    _check_resumable(out_dir, key)
+    train_ds, dropped = drop_too_long(train_ds, tokenizer, sft_config.max_length)
+    if eval_ds is not None:
+        eval_ds, _ = drop_too_long(eval_ds, tokenizer, sft_config.max_length)
+    trainer = trainer_classes()["sft"](model=model, args=sft_config, train_dataset=train_ds, eval_dataset=eval_ds,
+                                       processing_class=tokenizer, peft_config=lora)
+    return _train(trainer, "sft" if lora is None else "sft_lora", out_dir, key, tokenizer, spec, stage_key, name,
+                  dropped_too_long=dropped)
+
+
+def train_dpo(model, tokenizer, train_ds, eval_ds, dpo_config, lora=None, out_dir="dpo", *, ref_model=None,
+              spec=None, stage_key=None, name=None) -> dict:
+    """DPO on stage-03 pairs (dpo_dataset), from the base or an SFT checkpoint (load_for_training(path)).
+
+    Reference: with LoRA, the policy with its adapter disabled; else `ref_model`, or precomputed reference
+    log-probs (`precompute_ref_log_probs=True` in the config), or a frozen copy of the starting model (TRL
+    cannot reload a GGUF-loaded model by name). beta, loss_type (sigmoid, ipo, apo_zero, [sigmoid, sft] with
+    loss_weights), learning_rate: DPOConfig fields."""
+    if _is_peft(model):  # TRL refuses a PeftModel with a new peft_config; the adapter is part of the start
+        model = model.merge_and_unload()
+    out_dir, spec, key = _prepare("dpo", model, dpo_config, lora, train_ds, eval_ds, out_dir, spec)
+    if (done := _finished(out_dir, key)) is not None:
+        return done
+    _check_resumable(out_dir, key)
+    if ref_model is None and lora is None and not dpo_config.precompute_ref_log_probs:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    trainer = trainer_classes()["dpo"](model=model, ref_model=ref_model, args=dpo_config, train_dataset=train_ds,
+                                       eval_dataset=eval_ds, processing_class=tokenizer, peft_config=lora)
+    return _train(trainer, "dpo" if lora is None else "dpo_lora", out_dir, key, tokenizer, spec, stage_key, name)
+
+
+def train_grpo(model, tokenizer, train_ds, eval_ds, grpo_config, lora=None, out_dir="grpo", *, reward_funcs=None,
+               spec=None, stage_key=None, name=None) -> dict:
+    """GRPO on stage-02 prompts (grpo_dataset) with `checker_reward` (bfcl's verdict, 0/1) unless
+    `reward_funcs` says otherwise. beta=0 (TRL's default) needs no reference model; with beta > 0 and no
+    LoRA, TRL builds one from the model's folder (load_for_training gives a loadable folder)."""
+    if _is_peft(model):
+        model = model.merge_and_unload()
+    out_dir, spec, key = _prepare("grpo", model, grpo_config, lora, train_ds, eval_ds, out_dir, spec)
+    if (done := _finished(out_dir, key)) is not None:
+        return done
+    _check_resumable(out_dir, key)
+    tokenizer.padding_side = "left"
+    trainer = trainer_classes()["grpo"](model=model, reward_funcs=reward_funcs or [checker_reward],
+                                        args=grpo_config, train_dataset=train_ds, eval_dataset=eval_ds,
+                                        processing_class=tokenizer, peft_config=lora)
+    return _train(trainer, "grpo" if lora is None else "grpo_lora", out_dir, key, tokenizer, spec, stage_key, name)
+
+
+# ---------------------------------------------------------------- self-improvement
+
+
+def self_improvement_cycle(model_path: str | Path, dataset, out_dir: str | Path, config: dict | None = None,
+                           method: str = "dpo", lora=None, limit: int | None = None, backend="transformers",
+                           max_new_tokens: int = 128, seed: int = 0, stage_key: str | None = None) -> dict:
+    """One cycle: the current model answers stage-02 training prompts (greedy, the evaluation's decoding) ->
+    its answers that bfcl's checker rejects become `rejected`, the verified reference `chosen`
+    (pairs.build_pairs; no synthetic negatives) -> DPO on those pairs, or GRPO on the prompts it failed.
+
+    `model_path`: a trained folder (with model_spec.json) or registry name; `dataset`: the stage-02
+    DatasetDict; `backend`: a backend name or object with `generate` (tests pass a fake one). Returns
+    {"path": the new checkpoint (the old one when nothing failed), "seconds", "pairs", "failed", "rows"}.
+    Evaluation of the new checkpoint is the stage's job (the evaluation core)."""
+    from tinyllm_utils import pairs as pairs_lib
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    spec = resolve_model(str(model_path))
+    rows = pairs_lib.select_rows(dataset, limit, seed)
+    rows = [r for r in rows if r["split"] == "train"] or rows
+    kept, _ = pairs_lib.verify_chosen(rows)
+    pair_config = pairs_lib.PairConfig(model=str(model_path), rejecter=str(model_path),
+                                       backend=backend if isinstance(backend, str) else "transformers",
+                                       rejecter_max_new_tokens=max_new_tokens, negatives_per_row=0,
+                                       synthetic_ratio=0.0, seed=seed)
+    generations = pairs_lib.generate_rejections(
+        kept, pair_config, cache_path=out_dir / "generations.jsonl",
+        backend=None if isinstance(backend, str) else backend, progress=False)
+    built, outcomes = pairs_lib.build_pairs(kept, generations, pair_config)
+    failed = [o["id"] for o in outcomes if o["outcome"] in ("used", "empty")]
+    summary = {"rows": len(kept), "failed": len(failed), "pairs": len(built)}
+    if (method == "dpo" and not built) or (method == "grpo" and not failed):
+        return {**summary, "path": spec.path or spec.name, "seconds": time.perf_counter() - start, "trained": False}
+    model, tokenizer = load_for_training(spec)
+    if method == "dpo":
+        data = pairs_lib.to_preference_dataset(built, spec.prompt_format, tokenizer, splits=("train",))["train"]
+        result = train_dpo(model, tokenizer, dpo_dataset(data), None, dpo_config_from_dict(config), lora,
+                           out_dir / "dpo", spec=spec, stage_key=stage_key)
+    elif method == "grpo":
+        failed_ids = set(failed)
+        data = grpo_dataset([r for r in kept if r["id"] in failed_ids], spec.prompt_format, tokenizer)
+        result = train_grpo(model, tokenizer, data, None, grpo_config_from_dict(config), lora, out_dir / "grpo",
+                            spec=spec, stage_key=stage_key)
+    else:
+        raise ValueError(f"unknown method {method!r}; expected 'dpo' or 'grpo'")
+    seconds = time.perf_counter() - start
+    write_json_atomic(out_dir / "cycle.json", {**summary, "path": result["path"], "seconds": seconds})
+    return {**summary, "path": result["path"], "seconds": seconds, "trained": True}
