@@ -58,6 +58,7 @@ FILTER_DESCRIPTIONS = {
     "length": "prompt and answer fit the model's token budget",
 }
 AUGMENTATIONS = ("parallel", "multiple", "irrelevance")
+SYNTHETIC_SOURCES = ("python_apis",)  # tinyllm_utils.api_source
 COLUMNS = ["id", "source", "category", "messages", "functions", "target", "augmentation"]
 _PY_TYPES = {"string": (str,), "integer": (int,), "float": (int, float), "boolean": (bool,), "array": (list,),
              "tuple": (list,), "dict": (dict,), "any": (object,)}
@@ -69,6 +70,9 @@ class DataConfig:
     # user datasets: [{"path": "file.jsonl or org/name", "format": "xlam|glaive|chat_with_tools|agentbank",
     #                  "split": "train", "limit": 1000}]
     user_datasets: list[dict] = field(default_factory=list)
+    # generated sources (tinyllm_utils.api_source), same filters: ["python_apis"] or
+    # [{"name": "python_apis", "rows": 4000, "mix": {...}, "modules": [...]}]; empty = today's pool only
+    synthetic_sources: list = field(default_factory=list)
     model: str = "gemma-3-270m"  # whose tokenizer measures lengths
     max_prompt_tokens: int = 2048
     max_answer_tokens: int = 256
@@ -87,6 +91,10 @@ class DataConfig:
         unknown = set(self.augment) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augment kinds {sorted(unknown)}; expected some of {AUGMENTATIONS}")
+        unknown = {s if isinstance(s, str) else s.get("name") for s in self.synthetic_sources} - set(SYNTHETIC_SOURCES)
+        if unknown:
+            raise ValueError(f"unknown synthetic_sources {sorted(map(str, unknown))}; "
+                             f"expected some of {SYNTHETIC_SOURCES}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -179,6 +187,10 @@ def load_sources(config: DataConfig, progress: bool = True) -> tuple[list[dict],
             row.setdefault("user_texts", [m["content"] for m in row["messages"] if m["role"] == "user"])
         rows.extend(converted)
         rejected.extend(bad)
+    for spec in config.synthetic_sources:
+        from tinyllm_utils.api_source import load_api_source
+
+        rows.extend(load_api_source(spec, seed=config.seed))
     return rows, rejected
 
 

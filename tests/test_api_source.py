@@ -1,0 +1,121 @@
+"""The `python_apis` stage-02 source: real Python APIs as BFCL docs, checker-verified targets, a set mix."""
+
+import inspect
+import json
+import math
+import textwrap
+
+import numpy as np
+import pytest
+
+from tinyllm_utils import api_source
+from tinyllm_utils.api_source import ApiSourceConfig, build_rows, collect_functions, function_doc, schema_type
+from tinyllm_utils.training_data import ROW_CHECKS, DataConfig, apply_check, category_of, load_sources
+from tinyllm_utils.training_data import row_example
+from tinyllm_utils.prompts import answer_text
+from tinyllm_utils.scoring import score_single_turn
+
+ROWS = 600
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return build_rows(ApiSourceConfig(rows=ROWS, seed=0))
+
+
+def test_schema_types_from_docstrings_defaults_and_names():
+    assert schema_type("int, optional") == {"type": "integer"}
+    assert schema_type("float") == {"type": "float"}
+    assert schema_type("bool, default False") == {"type": "boolean"}
+    assert schema_type("str or None") == {"type": "string"}
+    assert schema_type("array_like") == {"type": "array", "items": {"type": "float"}}
+    assert schema_type("sequence of ints") == {"type": "array", "items": {"type": "integer"}}
+    assert schema_type("{'left', 'right'}, optional") == {"type": "string", "enum": ["left", "right"]}
+    assert schema_type("dict") == {"type": "dict"}
+    assert schema_type("callable") is None and schema_type("DataFrame") is None
+    assert schema_type(None, default=70) == {"type": "integer"}
+    assert schema_type(None, default=True) == {"type": "boolean"}
+    assert schema_type(None, name="text") == {"type": "string"}
+    assert schema_type(None, name="mystery") is None
+
+
+def test_known_functions_become_bfcl_docs():
+    mean = function_doc("numpy.mean", np.mean)
+    assert mean["description"] == "Compute the arithmetic mean along the specified axis."
+    assert mean["parameters"]["required"] == ["a"]
+    assert mean["parameters"]["properties"]["a"]["type"] == "array"
+    assert "out" not in mean["parameters"]["properties"]  # output buffers are never part of a request
+    wrap = function_doc("textwrap.wrap", textwrap.wrap)
+    assert wrap["parameters"]["properties"]["width"]["type"] == "integer"
+    assert wrap["parameters"]["required"] == ["text"]
+    comb = function_doc("math.comb", math.comb)
+    assert comb["parameters"]["properties"] == {"n": {"type": "integer", "description": "The n."},
+                                                "k": {"type": "integer", "description": "The k."}}
+    assert function_doc("math.gcd", math.gcd) is None  # *integers: no keyword form
+    assert function_doc("math.pi", lambda: 1) is None  # nothing to ask for
+
+
+def test_docs_use_only_types_bfcl_checks():
+    docs = collect_functions()
+    allowed = {"integer", "float", "string", "boolean", "array", "dict"}
+    for doc in docs:
+        for prop in doc["parameters"]["properties"].values():
+            assert prop["type"] in allowed, doc["name"]
+            assert prop.get("items", {"type": "float"})["type"] in allowed
+        assert set(doc["parameters"]["required"]) <= set(doc["parameters"]["properties"])
+    assert len(docs) >= 300  # hundreds of distinct functions
+    assert len({d["name"] for d in docs}) == len(docs)
+
+
+def test_bfcl_function_names_are_left_out():
+    names = api_source.bfcl_function_names()
+    assert "math.factorial" in names  # BFCL simple_python offers it
+    everything = {d["name"] for d in collect_functions()}
+    assert names & everything  # some installed functions are BFCL's own (math.factorial, ...)
+    assert not names & {d["name"] for d in collect_functions(exclude=names)}
+    assert not names & {d["name"] for r in build_rows(ApiSourceConfig(rows=100)) for d in r["functions"]}
+
+
+def test_every_target_is_accepted_by_bfcl_checker(rows):
+    checked = [dict(r) for r in rows]
+    for rule in ROW_CHECKS:  # the stage-02 filters, checker last
+        checked, rejected = apply_check(checked, rule)
+        assert not rejected, rejected[:2]
+    for row in rows[:50]:  # and directly: the reference text scores valid, a wrong answer does not
+        record = {**row, "category": category_of(row)}
+        assert score_single_turn(row_example(record), answer_text(row["target"]))["valid"]
+        if row["target"]:
+            assert not score_single_turn(row_example(record), "[nothing_offered(x=1)]")["valid"]
+
+
+def test_mix_and_distinct_functions(rows):
+    kinds = {k: sum(r["api_kind"] == k for r in rows) for k in api_source.KINDS}
+    assert kinds == {"simple": 180, "multiple": 120, "parallel": 90, "parallel_multiple": 90, "irrelevance": 120}
+    categories = {r["api_kind"]: category_of(r) for r in rows}  # the shape stage 02 sees is the one intended
+    assert categories == {"simple": "simple_python", "multiple": "multiple", "parallel": "parallel",
+                          "parallel_multiple": "parallel_multiple", "irrelevance": "irrelevance"}
+    assert api_source.mix(rows)["functions_called"] >= 300
+    for row in rows:
+        called = {next(iter(c)) for c in row["target"]}
+        offered = {d["name"] for d in row["functions"]}
+        assert called <= offered
+        if row["api_kind"] == "irrelevance":
+            assert row["target"] == [] and offered
+
+
+def test_deterministic_by_seed(rows):
+    again = build_rows(ApiSourceConfig(rows=ROWS, seed=0))
+    assert json.dumps(again, sort_keys=True) == json.dumps(rows, sort_keys=True)
+    other = build_rows(ApiSourceConfig(rows=ROWS, seed=1))
+    assert json.dumps(other, sort_keys=True) != json.dumps(rows, sort_keys=True)
+
+
+def test_selectable_in_stage02_config():
+    rows, rejected = load_sources(DataConfig(bfcl_sources=[], synthetic_sources=[{"name": "python_apis", "rows": 50}]),
+                                  progress=False)
+    assert len(rows) == 50 and not rejected and {r["source"] for r in rows} == {"python_apis"}
+    assert all(r["user_texts"] == [r["messages"][0]["content"]] for r in rows)
+    assert load_sources(DataConfig(bfcl_sources=[]), progress=False) == ([], [])  # default: not included
+    with pytest.raises(ValueError, match="synthetic_sources"):
+        DataConfig(synthetic_sources=["nope"])
+    assert inspect.signature(api_source.load_api_source).parameters["seed"].default == 0
