@@ -57,14 +57,13 @@ def gemma_ids():
 
 @pytest.fixture(scope="module")
 def chat_tokenizer():
-    """The gemma-3-270m tokenizer (cached de-quantized copy of the embedded model) given a chat template."""
-    from transformers import AutoTokenizer
+    """The real gemma-3-270m tokenizer (tests/tiny_model.py, shared) given a chat template for these tests."""
+    from tiny_model import gemma_tokenizer
 
-    from tinyllm_utils.backends import _embedded_hf_copy
-
-    tokenizer = AutoTokenizer.from_pretrained(str(_embedded_hf_copy(resolve_model("gemma-3-270m"))))
-    tokenizer.chat_template = TEMPLATE
-    return tokenizer
+    tokenizer = gemma_tokenizer()
+    before, tokenizer.chat_template = tokenizer.chat_template, TEMPLATE
+    yield tokenizer
+    tokenizer.chat_template = before
 
 
 def test_row_entry_applies_bfcl_hint_exactly_as_evaluation():
