@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads-for", nargs="*", default=[], metavar="QUANT=T1,T2",
-                        help="other thread counts for some variants, e.g. Q4_K_M=1,2 (a busy machine)")
+                        help="other thread counts for some variants, e.g. Q4_K_M=1,2 or F16= (none)")
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--prefix-entries", type=int, default=4)
     parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="transformers rows")
@@ -48,7 +48,7 @@ def main() -> None:
         checkpoints={args.method: gguf}, types=args.types or list(edge.QUANT_TYPES),
         requantize=[args.method] if edge.gguf_file_type(gguf) not in ("F16", "F32", "BF16") else [],
         categories=args.categories, limit=args.limit, threads=args.threads, runs=args.runs,
-        threads_for={q: [int(t) for t in ts.split(",")] for q, ts in (x.split("=") for x in args.threads_for)},
+        threads_for={q: [int(t) for t in ts.split(",") if t] for q, ts in (x.split("=") for x in args.threads_for)},
         decode_tokens=args.decode_tokens, prefix_entries=args.prefix_entries, transformers_dtypes=args.dtypes,
         transformers_reference={} if args.no_transformers or args.gguf else {args.method: "embedded"})
     start = time.perf_counter()

@@ -142,3 +142,15 @@ def test_edge_table_from_saved_results_and_figure(tmp_path):
     assert all(p.stat().st_size > 1000 for p in outputs["figures"])
     saved = pd.read_csv(tmp_path / "out" / "edge_table.csv")
     assert {"method", "quantization", "pareto", "retained_ci_low", "retained_ci_high"} <= set(saved.columns)
+
+
+def test_outputs_from_partial_results(tmp_path):
+    """Before any profile exists (accuracy only), the table, an empty front and 'no recommendation' still come out."""
+    eval_dir = tmp_path / "eval" / "F16"
+    (eval_dir / "predictions").mkdir(parents=True)
+    (eval_dir / "predictions" / "simple_python.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in _rows([True, False])))
+    table = edge.edge_table([{"method": "base", "quantization": "F16", "eval_dir": eval_dir}])
+    outputs = edge.write_edge_outputs(table, tmp_path / "out")
+    assert outputs["table"].loc[0, "accuracy"] == 0.5 and not outputs["table"]["pareto"].any()
+    assert outputs["recommendation"].loc[0, "quantization"] is None

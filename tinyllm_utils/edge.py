@@ -453,6 +453,9 @@ def mark_pareto(table: pd.DataFrame, maximize=("accuracy",), minimize=("decode_m
 
     table = table.copy()
     cols = list(maximize) + list(minimize)
+    if not set(cols) <= set(table.columns):  # nothing profiled or nothing evaluated yet: no front
+        table["pareto"] = False
+        return table
     usable = table[cols].notna().all(axis=1)
     score = table[cols].copy()
     for col in minimize:
@@ -476,7 +479,8 @@ def recommend(table: pd.DataFrame, keep: float = 0.95, size_col: str = "size_mb"
 
     rows = []
     for method, group in table.groupby("method", sort=False):
-        ok = group[(group["retained"] >= keep) & group[size_col].notna()] if "retained" in group else group.iloc[:0]
+        complete = "retained" in group and size_col in group
+        ok = group[(group["retained"] >= keep) & group[size_col].notna()] if complete else group.iloc[:0]
         if ok.empty:
             rows.append({"method": method, "quantization": None, "reason": f"no variant keeps >= {keep:.0%}"})
             continue
@@ -494,6 +498,8 @@ def plot_edge_pareto(table: pd.DataFrame, out_stem: str | Path | None = None):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    missing = [c for c in ("accuracy", "decode_ms_per_token", "peak_rss_mb") if c not in table]
+    table = table.reindex(columns=[*table.columns, *missing])  # partial results: an empty plot, not an error
     data = table.dropna(subset=["accuracy", "decode_ms_per_token"]).copy()
     data["accuracy %"] = 100 * data["accuracy"]
     if "pareto" not in data:
@@ -573,7 +579,10 @@ def run_edge_stage(config: EdgeConfig, out_dir: str | Path, progress: bool = Tru
             evaluate(EvalConfig(model=str(path), categories=config.categories, limit=config.limit,
                                 multi_turn_limit=config.multi_turn_limit, seed=config.seed,
                                 max_new_tokens=config.max_new_tokens), eval_dir, progress=progress)
-            for threads in config.threads_for.get(quant, config.threads):
+            thread_counts = config.threads_for.get(quant, config.threads)
+            if not thread_counts:  # accuracy only (still the reference for retention)
+                records.append({"method": method, "quantization": quant, "eval_dir": eval_dir})
+            for threads in thread_counts:
                 profile_path = method_dir / "profile" / f"{quant}-t{threads}.json"
                 if not profile_path.exists():
                     write_json_atomic(profile_path, profile_variant(
@@ -602,8 +611,11 @@ def write_edge_outputs(table: pd.DataFrame, out_dir: str | Path, threads: int = 
 
     out_dir = Path(out_dir)
     write_text_atomic(out_dir / "edge_table_all_threads.csv", table.to_csv(index=False))
-    at = mark_pareto(table[table["threads"] == threads].reset_index(drop=True))
-    chosen = recommend(at[at["runtime"] == "llama.cpp"], keep=keep)
+    if "threads" in table:
+        # Rows profiled at `threads`; an accuracy-only row (no profile) is kept for the table but not plotted.
+        table = table[(table["threads"] == threads) | table["threads"].isna()]
+    at = mark_pareto(table.reset_index(drop=True))
+    chosen = recommend(at[at["runtime"] == "llama.cpp"] if "runtime" in at else at, keep=keep)
     write_text_atomic(out_dir / "edge_table.csv", at.to_csv(index=False))
     write_text_atomic(out_dir / "edge_recommendation.csv", chosen.to_csv(index=False))
     plot_edge_pareto(at, out_dir / "edge_pareto")
