@@ -10,8 +10,7 @@ import pytest
 
 from tinyllm_utils import api_source
 from tinyllm_utils.api_source import ApiSourceConfig, build_rows, collect_functions, function_doc, schema_type
-from tinyllm_utils.training_data import ROW_CHECKS, DataConfig, apply_check, category_of, load_sources
-from tinyllm_utils.training_data import row_example
+from tinyllm_utils.training_data import ROW_CHECKS, DataConfig, apply_check, category_of, load_sources, row_example
 from tinyllm_utils.prompts import answer_text
 from tinyllm_utils.scoring import score_single_turn
 
@@ -101,6 +100,16 @@ def test_mix_and_distinct_functions(rows):
         assert called <= offered
         if row["api_kind"] == "irrelevance":
             assert row["target"] == [] and offered
+
+
+def test_stage02_split_keeps_functions_apart(rows):
+    """Functions called or offered together stay in seeded families, so the split by function still works."""
+    from tinyllm_utils.training_data import split_by_function
+
+    splits = split_by_function([{**r, "category": category_of(r)} for r in rows], 0.2, seed=0)
+    assert 0.1 * len(rows) <= len(splits["validation"]) <= 0.35 * len(rows)
+    called = {name: {next(iter(c)) for r in split for c in r["target"]} for name, split in splits.items()}
+    assert called["train"] and called["validation"] and not called["train"] & called["validation"]
 
 
 def test_deterministic_by_seed(rows):

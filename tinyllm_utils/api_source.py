@@ -65,6 +65,7 @@ class ApiSourceConfig:
                                                "parallel_multiple": 0.15, "irrelevance": 0.2})
     max_offered: int = 4  # functions offered in multiple / parallel_multiple / irrelevance rows
     exclude_bfcl_functions: bool = True  # leave out functions whose name a scored BFCL category offers
+    family_size: int = 12  # functions called / offered together come from one seeded group of this size
 
     def __post_init__(self):
         unknown = set(self.mix) - set(KINDS)
@@ -327,16 +328,20 @@ def _unrelated(doc: dict, pool: list[dict], k: int, rng: random.Random) -> list[
     return picked
 
 
-def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_offered: int) -> dict | None:
-    """One row of `kind` built around docs[index] (the pool is every doc)."""
-    doc = docs[index]
+def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_offered: int,
+             family: list[dict] | None = None) -> dict | None:
+    """One row of `kind` built around docs[index]. Functions that are called together (parallel_multiple) or
+    offered together without a call (irrelevance) come from `family`, a fixed group of docs: stage 02 keeps
+    functions linked that way in one split, and links across all docs would leave a single group."""
+    doc, family = docs[index], family or docs
     if kind in ("simple", "multiple", "irrelevance"):
         call, args = _call(doc, rng)
         text = _sentence(rng.choice(_SINGLE), doc, args)
         if kind == "simple":
             functions, target = [doc], [call]
         else:
-            extra = _unrelated(doc, docs, rng.randint(1, max_offered - (kind == "multiple")), rng)
+            extra = _unrelated(doc, docs if kind == "multiple" else family,
+                               rng.randint(1, max_offered - (kind == "multiple")), rng)
             if not extra:
                 return None
             functions, target = ([doc] + extra, [call]) if kind == "multiple" else (extra, [])
@@ -348,7 +353,7 @@ def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_of
         if len({json.dumps(c, sort_keys=True) for c in target}) < len(target):
             return None
     else:  # parallel_multiple: two or three different functions, each called once
-        others = _unrelated(doc, docs, rng.randint(1, 2), rng)
+        others = _unrelated(doc, family, rng.randint(1, 2), rng)
         if not others:
             return None
         chosen = [doc] + others
@@ -373,6 +378,10 @@ def build_rows(config: ApiSourceConfig | None = None) -> list[dict]:
     if not docs:
         raise ValueError(f"no usable functions in modules {config.modules}")
     rng = random.Random(f"{SOURCE}:{config.seed}")
+    shuffled = list(range(len(docs)))
+    rng.shuffle(shuffled)
+    family_of = {i: [docs[j] for j in shuffled[k - k % config.family_size:k - k % config.family_size
+                                                + config.family_size]] for k, i in enumerate(shuffled)}
     total = sum(config.mix.values())
     exact = {kind: config.rows * share / total for kind, share in config.mix.items()}
     wanted = {kind: int(value) for kind, value in exact.items()}
@@ -388,7 +397,8 @@ def build_rows(config: ApiSourceConfig | None = None) -> list[dict]:
             if not order:
                 order = list(range(len(docs)))
                 rng.shuffle(order)
-            row = make_row(kind, docs, order.pop(), rng, config.max_offered)
+            index = order.pop()
+            row = make_row(kind, docs, index, rng, config.max_offered, family_of[index])
             if row is not None:
                 rows.append(row)
                 made += 1
