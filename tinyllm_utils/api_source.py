@@ -292,7 +292,7 @@ def _call(doc: dict, rng: random.Random) -> tuple[dict, str]:
 
 _SINGLE = ("{Intent} with {args}.", "Can you {intent}? Use {args}.", "I have {args}. Please {intent}.",
            "Please {intent}, given {args}.", "Using {name}, {intent} for {args}.",
-           "What do I get if I {intent} with {args}?", "{Args}: {intent}.", "I need to {intent}; take {args}.")
+           "What do I get if I {intent} with {args}?", "Given {args}: {intent}.", "I need to {intent}; take {args}.")
 _MORE = ("Also, {intent} with {args}.", "Then {intent} using {args}.", "After that, {intent} for {args}.",
          "And {intent} given {args}.")
 _AGAIN = ("Do the same for {args}.", "Repeat it with {args}.", "Then again with {args}.", "Also for {args}.")
@@ -301,7 +301,7 @@ _AGAIN = ("Do the same for {args}.", "Repeat it with {args}.", "Then again with 
 def _sentence(template: str, doc: dict, args: str) -> str:
     intent = _intent(doc)
     return template.format(intent=intent, Intent=intent[0].upper() + intent[1:], args=args,
-                           Args=args[0].upper() + args[1:], name=doc["name"])
+                           name=doc["name"])
 
 
 # ---------------------------------------------------------------- rows
