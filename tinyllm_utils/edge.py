@@ -154,8 +154,9 @@ def quantize_variants(f16_gguf: str | Path, out_dir: str | Path, types=QUANT_TYP
 # -------------------------------------------------------------------------------------------- device profile
 
 def representative_prompts(seed: int = 0, model: str = "gemma-3-270m") -> dict[str, str]:
-    """The fixed profile set: a short simple_python prompt, the longest `multiple` prompt (most functions),
-    and one multi-turn step (multi_turn_base's first turn), each as the evaluation prompts `model`."""
+    """The fixed profile set: the shortest simple_python prompt, the `multiple` prompt with the most functions,
+    and one multi-turn step (the shortest multi_turn_base first turn), each as the evaluation prompts
+    `model`. `seed` is kept for the signature's sake: the set is fixed."""
     from tinyllm_utils.data import load_category
     from tinyllm_utils.prompts import entry_prompt
     from tinyllm_utils.registry import resolve_model
@@ -167,7 +168,9 @@ def representative_prompts(seed: int = 0, model: str = "gemma-3-270m") -> dict[s
 
     simple = min(load_category("simple_python"), key=lambda e: len(prompt(e)))
     multiple = max(load_category("multiple"), key=lambda e: (len(e.entry["function"]), len(prompt(e))))
-    multi_turn = load_category("multi_turn_base", 1, seed)[0]
+    # The shortest first step: every multi-turn prompt carries whole API docs (23k-52k characters, ~5k tokens
+    # and up), so even the shortest is long; a longer one would only multiply the profile's cost.
+    multi_turn = min(load_category("multi_turn_base"), key=lambda e: (len(prompt(e)), e.id))
     return {"short_simple": prompt(simple), "long_multiple": prompt(multiple),
             "multi_turn_step": prompt(multi_turn)}
 
@@ -399,7 +402,17 @@ def paired_retention(reference: list[dict], variant: list[dict], n_boot: int = 2
 
 
 def _predictions(eval_dir: Path) -> list[dict]:
-    return [row for path in sorted((eval_dir / "predictions").glob("*.jsonl")) for row in read_jsonl(path)]
+    """Saved predictions of the entries this evaluation selected (metrics.json's selected_ids when present: a
+    folder reused with other categories or limits holds more rows than it scored)."""
+    metrics_path = eval_dir / "metrics.json"
+    selected = json.loads(metrics_path.read_text()).get("selected_ids") if metrics_path.exists() else None
+    rows = []
+    for path in sorted((eval_dir / "predictions").glob("*.jsonl")):
+        if selected is not None and path.stem not in selected:
+            continue
+        keep = set(selected[path.stem]) if selected is not None else None
+        rows += [r for r in read_jsonl(path) if keep is None or r["id"] in keep]
+    return rows
 
 
 def edge_table(records: list[dict], reference: str = "F16") -> pd.DataFrame:
