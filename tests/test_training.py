@@ -116,6 +116,7 @@ def test_head_only_loss_equals_the_full_logits_loss(tiny, model):
 
 def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tiny_dir, model, tmp_path):
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
     tokenizer = tiny[1]
     data = training.sft_dataset(ROWS)
@@ -138,9 +139,9 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
     assert not any("lora" in k for k in keys) and not any(k.startswith("lm_head") for k in keys)
 
     # merge parity: the merged folder generates what base + adapter (from the last checkpoint) generates
-    merged, _ = training.load_for_training(str(final))
+    merged = AutoModelForCausalLM.from_pretrained(str(final))
     assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight
-    base, _ = training.load_for_training(str(tiny_dir))
+    base = _copy(tiny[0])  # the untrained weights (tests train copies)
     unmerged = PeftModel.from_pretrained(base, str(out / "checkpoints" / "checkpoint-6")).eval()
     prompt = tokenizer(data[0]["prompt"], return_tensors="pt")
     with torch.no_grad():
@@ -171,14 +172,14 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
 
 def test_full_sft_then_dpo_from_its_checkpoint(tiny, model, tmp_path):
     sft = training.train_sft(model, tiny[1], training.sft_dataset(ROWS), training.sft_dataset(ROWS[:2]),
-                             _sft_config(max_steps=3, learning_rate=3e-3, save_steps=3, eval_strategy="steps",
-                                         eval_steps=3), None, tmp_path / "sft")
+                             _sft_config(max_steps=3, learning_rate=3e-3, save_strategy="no", eval_strategy="steps",
+                                         eval_steps=3), None, tmp_path / "sft")  # checkpoints: tested with LoRA
     losses = training.pd.read_csv(tmp_path / "sft" / "curves.csv")["loss"].dropna().tolist()
     assert losses[-1] < losses[0] and "eval_loss" in sft["final_metrics"]
     assert resolve_model(sft["path"]).method == "sft"
 
     policy, tokenizer = training.load_for_training(sft["path"])  # hybrid: DPO starts from the SFT model
-    config = training.dpo_config_from_dict({"max_steps": 3, "learning_rate": 1e-3, "beta": 0.5, "save_steps": 3,
+    config = training.dpo_config_from_dict({"max_steps": 3, "learning_rate": 1e-3, "beta": 0.5, "save_strategy": "no",
                                             "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5],
                                             "lr_scheduler_type": "constant"})
     dpo = training.train_dpo(policy, tokenizer, training.dpo_dataset(_pairs()), None, config, None, tmp_path / "dpo")
