@@ -319,12 +319,13 @@ def check_target_parses(row: dict) -> tuple[str, str] | None:
             return f"target[{i}]", f"expected {{name: {{arg: value}}}}, got {json.dumps(call, default=str)[:200]}"
         if not _is_literal(next(iter(call.values()))):
             return f"target[{i}]", "arguments must be JSON literals"
+    if not isinstance(row.get("functions"), list) or not all(isinstance(d, dict) and "name" in d
+                                                              for d in row["functions"]):
+        return "functions", "expected a list of function docs with a name"
     # bfcl's prompt path (its language hint) reads each doc's description and parameters.properties
-    if not isinstance(row.get("functions"), list) or not all(
-            isinstance(d, dict) and "name" in d and isinstance(d.get("description"), str)
-            and isinstance(d.get("parameters"), dict) and isinstance(d["parameters"].get("properties"), dict)
-            for d in row["functions"]):
-        return "functions", "expected a list of function docs with a name, a description and parameters.properties"
+    if not all(isinstance(d.get("description"), str) and isinstance(d.get("parameters"), dict)
+               and isinstance(d["parameters"].get("properties"), dict) for d in row["functions"]):
+        return "functions", "every function doc needs a description and parameters.properties"
     return None
 
 
