@@ -150,7 +150,12 @@ def test_outputs_from_partial_results(tmp_path):
     (eval_dir / "predictions").mkdir(parents=True)
     (eval_dir / "predictions" / "simple_python.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in _rows([True, False])))
+    # Rows outside the evaluation's selection (an earlier run with other categories) do not count.
+    (eval_dir / "predictions" / "multiple.jsonl").write_text(json.dumps(_rows([True], "multiple")[0]) + "\n")
+    (eval_dir / "metrics.json").write_text(json.dumps({"selected_ids": {"simple_python": ["simple_python_0",
+                                                                                         "simple_python_1"]}}))
     table = edge.edge_table([{"method": "base", "quantization": "F16", "eval_dir": eval_dir}])
+    assert table.loc[0, "n"] == 2
     outputs = edge.write_edge_outputs(table, tmp_path / "out")
     assert outputs["table"].loc[0, "accuracy"] == 0.5 and not outputs["table"]["pareto"].any()
     assert outputs["recommendation"].loc[0, "quantization"] is None
