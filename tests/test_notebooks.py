@@ -29,6 +29,7 @@ from tinyllm_utils.results import read_jsonl
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 SMOKE = resolve_profile("smoke")["stages"]
 VOLATILE = {"seconds"}  # wall-clock timing: the only field of a prediction that may differ between runs
+FIRST_THREE = ["01_baseline_evaluation", "02_data_filtering", "03_pair_construction"]  # what the resume tests need
 
 
 def test_every_stage_has_a_notebook_pair():
@@ -121,6 +122,33 @@ def test_smoke_pipeline_writes_every_stage(reference):
         "02_data_filtering": json.loads((data / "stage.json").read_text())["key"]}
 
 
+def test_every_trained_model_is_evaluated_like_the_baseline(reference):
+    baseline_dir = reference / "01_baseline_evaluation" / "gemma-3-270m"
+    baseline = json.loads((baseline_dir / "run.json").read_text())["parameters"]
+    baseline_ids = json.loads((baseline_dir / "metrics.json").read_text())["selected_ids"]
+    labels = {}
+    for stage in ("04_sft", "05_dpo", "06_hybrid"):
+        for training_file in sorted((reference / stage).glob("*/training.json")):
+            method_dir = training_file.parent
+            spec = json.loads((method_dir / "final" / "model_spec.json").read_text())
+            labels[spec["method"]] = spec
+            assert spec["base_model"] == "gemma-3-270m" and spec["parent"] and spec["prompt_format"] == "gemma"
+            assert len(list((method_dir / "gguf").glob("*-F16.gguf"))) == 1
+            assert (method_dir / "curves.csv").read_text().count("\n") >= 2  # a header and at least one step
+            (eval_dir,) = [p.parent for p in (method_dir / "eval").glob("*/metrics.json")]
+            run = json.loads((eval_dir / "run.json").read_text())
+            for key in ("seed", "backend", "max_new_tokens", "limit", "multi_turn_limit", "stop_when_hopeless"):
+                assert run["parameters"][key] == baseline[key], (method_dir, key)
+            assert run["parameters"]["model"].endswith("-F16.gguf")
+            selected = json.loads((eval_dir / "metrics.json").read_text())["selected_ids"]
+            assert selected and all(selected[c] == baseline_ids[c] for c in selected)  # the same entries
+    assert {"sft-lora", "dpo", "sft→dpo", "sft→grpo"} <= set(labels), sorted(labels)
+    assert labels["sft→dpo"]["parent"].endswith("04_sft/sft-lora/final")
+    analysis = reference / "07_analysis"
+    assert "overall (v3 scoring)" in (analysis / "table_iv.md").read_text()
+    assert (analysis / "results.parquet").exists() and (analysis / "findings.md").exists()
+
+
 def test_rerun_with_nothing_changed_skips_every_stage(reference, capsys):
     capsys.readouterr()
     run_pipeline("smoke", run_id="reference", output_root=reference.parent, progress=False)
@@ -132,7 +160,7 @@ def test_upstream_change_reruns_exactly_the_stages_downstream(reference, tmp_pat
     root = tmp_path / "outputs"
     shutil.copytree(reference, root / "reference")
     capsys.readouterr()
-    run_pipeline("smoke", run_id="reference", output_root=root, progress=False,
+    run_pipeline("smoke", run_id="reference", output_root=root, progress=False, stages=FIRST_THREE,
                  overrides={"02_data_filtering": {"max_distractors": 2}})
     out = capsys.readouterr().out
     assert "01_baseline_evaluation: skipped (done)" in out
@@ -144,7 +172,8 @@ def test_upstream_change_reruns_exactly_the_stages_downstream(reference, tmp_pat
 
 def _start(run_id: str, root: Path) -> subprocess.Popen:
     env = dict(os.environ, TINYLLM_OUTPUTS=str(root), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "tinyllm_utils.pipeline", "--profile", "smoke", "--run-id", run_id],
+    return subprocess.Popen([sys.executable, "-m", "tinyllm_utils.pipeline", "--profile", "smoke", "--run-id", run_id,
+                             "--stages", *FIRST_THREE],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # its own process group: the notebook kernel dies with it
 
@@ -201,6 +230,6 @@ def test_sigkill_mid_stage_01_and_mid_stage_03_then_resume_gives_identical_resul
     assert "03_pair_construction: resumed" in out
     assert _predictions(run) == _predictions(reference)
     assert _pairs(run) == _pairs(reference)
-    for name in STAGES:
+    for name in FIRST_THREE:
         assert json.loads((run / name / "stage.json").read_text())["key"] == \
             json.loads((reference / name / "stage.json").read_text())["key"]

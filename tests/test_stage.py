@@ -90,7 +90,8 @@ def test_profiles_inherit_and_only_list_changes():
     for name in smoke:
         assert smoke[name] == pipeline.default_parameters(name)  # the dataclass defaults are the smoke workload
     assert quick["01_baseline_evaluation"]["limit"] == 25
-    assert quick["02_data_filtering"] == smoke["02_data_filtering"]  # inherited, not copied
+    assert quick["03_pair_construction"]["seed"] == smoke["03_pair_construction"]["seed"]  # inherited, not copied
+    assert quick["02_data_filtering"]["ngram"] == smoke["02_data_filtering"]["ngram"]
     full = pipeline.resolve_profile("full")["stages"]
     assert full["01_baseline_evaluation"]["limit"] is None and full["03_pair_construction"]["rejecter_max_new_tokens"] == 128
     raw = pipeline.load_profiles()

@@ -53,6 +53,8 @@ STAGES: dict[str, StageSpec] = {
     "06_hybrid": StageSpec("tinyllm_utils.training_stages:HybridStageConfig",
                            ("01_baseline_evaluation", "02_data_filtering", "03_pair_construction", "04_sft")),
     "07_analysis": StageSpec("tinyllm_utils.analysis:AnalysisConfig", ("*",)),
+    "08_edge_profile": StageSpec("tinyllm_utils.training_stages:EdgeStageConfig",
+                                 ("01_baseline_evaluation", "04_sft", "05_dpo", "06_hybrid")),
 }
 
 

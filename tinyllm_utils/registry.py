@@ -128,6 +128,9 @@ def _resolve(name_or_path: str) -> ModelSpec:
     path = Path(name_or_path)
     if path.is_dir() and (path / SPEC_FILE).exists():
         return load_spec_file(path)
+    if path.is_file() and path.suffix == ".gguf" and (path.parent / SPEC_FILE).exists():
+        # an exported checkpoint: the spec beside the file carries its lineage (method, parent, base model)
+        return replace(load_spec_file(path.parent), path=str(path.resolve()))
     if path.exists():
         prompt_format = "gemma" if path.suffix == ".gguf" else "chat_template"
         return ModelSpec(name=path.stem if path.is_file() else path.name, source="local",
@@ -149,7 +152,9 @@ def load_spec_file(folder: str | Path) -> ModelSpec:
     unknown = set(data) - {f.name for f in fields(ModelSpec)}
     if unknown:
         raise ValueError(f"{folder / SPEC_FILE}: unknown fields {sorted(unknown)} (written by a newer tinyllm_utils?)")
-    spec = ModelSpec(**{**data, "source": "local", "gguf_package": None, "path": str(folder)})
+    # `path` is where the weights are now: the folder, or the GGUF file inside it (export writes one spec per file)
+    weights = folder / Path(data["path"]).name if str(data.get("path") or "").endswith(".gguf") else folder
+    spec = ModelSpec(**{**data, "source": "local", "gguf_package": None, "path": str(weights)})
     from tinyllm_utils.model_families import check_spec
 
     check_spec(spec)

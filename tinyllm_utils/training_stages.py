@@ -314,3 +314,70 @@ def failure_shift(stage_dir: str | Path):
     if not len(table):
         return table
     return table.pivot_table(index="label", columns="failure_mode", values="id", aggfunc="count", fill_value=0)
+
+
+# ---------------------------------------------------------------- stage 08: edge profile of the study's checkpoints
+
+
+@dataclass
+class EdgeStageConfig:
+    checkpoints: list[str] = field(default_factory=lambda: ["base", "best"])  # base | best | a method label
+    types: list[str] = field(default_factory=lambda: ["Q8_0", "Q4_K_M"])  # quantized variants besides F16
+    threads: list[int] = field(default_factory=lambda: [2])
+    runs: int = 1  # profile repetitions (median and spread)
+    decode_tokens: int = 16
+    transformers_reference: bool = False  # profile the fp32 / bf16 transformers model of each checkpoint too
+    evaluate_categories: list[str] | None = field(default_factory=lambda: list(SMOKE_EVAL))
+    seed: int = 0
+
+
+def trained_models(stage_dir: Path) -> dict[str, dict]:
+    """Every model stages 04-06 of this run trained: label -> {method_dir, gguf, final, mean accuracy}."""
+    found = {}
+    for stage in ("04_sft", "05_dpo", "06_hybrid"):
+        for training_file in sorted((_run_root(stage_dir) / stage).glob("*/training.json")):
+            method_dir = training_file.parent
+            label = json.loads(training_file.read_text())["method"]
+            metrics = [json.loads(p.read_text()) for p in method_dir.glob("eval/*/metrics.json")]
+            accuracies = [m["accuracy"] for mm in metrics for m in mm["categories"].values() if m["accuracy"] is not None]
+            found[label] = {"method_dir": method_dir, "gguf": next(iter(sorted(method_dir.glob("gguf/*.gguf"))), None),
+                            "final": method_dir / "final",
+                            "accuracy": sum(accuracies) / len(accuracies) if accuracies else None}
+    return found
+
+
+def run_edge_profile_stage(config: EdgeStageConfig, stage_dir: str | Path) -> dict:
+    """Stage 08: quantized variants of the chosen checkpoints (`best` = the trained model with the highest mean
+    category accuracy in its own evaluation), each evaluated on stage 01's entries and profiled on this machine."""
+    from tinyllm_utils.edge import EdgeConfig, run_edge_stage
+
+    stage_dir = Path(stage_dir)
+    protocol = eval_protocol(stage_dir, config.evaluate_categories)
+    if protocol.backend != "llama_cpp":
+        raise ValueError("the edge stage measures llama.cpp variants; stage 01 ran on " + protocol.backend)
+    trained = trained_models(stage_dir)
+    checkpoints, requantize, references = {}, [], {}
+    for name in config.checkpoints:
+        if name == "base":
+            base = resolve_model(json.loads(sorted((_run_root(stage_dir) / "01_baseline_evaluation").glob(
+                "*/run.json"))[0].read_text())["parameters"]["model"])
+            checkpoints["base"] = str(base.gguf_path())
+            requantize.append("base")  # the offline base exists only as Q4_K_M (see tinyllm_utils.edge)
+            if config.transformers_reference:
+                references["base"] = "embedded" if base.source == "embedded" else (base.path or base.hf_id)
+            continue
+        if name == "best":
+            ranked = [(m["accuracy"], label) for label, m in trained.items() if m["accuracy"] is not None and m["gguf"]]
+            if not ranked:
+                raise MissingStageError("no trained, exported and evaluated model in stages 04-06 to call `best`")
+            name = max(ranked)[1]
+        if name not in trained or trained[name]["gguf"] is None:
+            raise MissingStageError(f"no exported model {name!r} in stages 04-06 (have {sorted(trained)})")
+        checkpoints[name] = str(trained[name]["gguf"])
+        if config.transformers_reference:
+            references[name] = str(trained[name]["final"])
+    edge = EdgeConfig(checkpoints=checkpoints, types=list(config.types), requantize=requantize,
+                      categories=protocol.categories, limit=protocol.limit, multi_turn_limit=protocol.multi_turn_limit,
+                      seed=protocol.seed, max_new_tokens=protocol.max_new_tokens, threads=list(config.threads),
+                      runs=config.runs, decode_tokens=config.decode_tokens, transformers_reference=references)
+    return run_edge_stage(edge, stage_dir)
