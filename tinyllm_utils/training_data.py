@@ -72,7 +72,7 @@ class DataConfig:
     user_datasets: list[dict] = field(default_factory=list)
     # generated sources (tinyllm_utils.api_source), same filters: ["python_apis"] or
     # [{"name": "python_apis", "rows": 4000, "mix": {...}, "modules": [...]}]; empty = today's pool only
-    synthetic_sources: list = field(default_factory=list)
+    synthetic_sources: list[object] = field(default_factory=list)  # names (str) or dicts
     model: str = "gemma-3-270m"  # whose tokenizer measures lengths
     max_prompt_tokens: int = 2048
     max_answer_tokens: int = 256
