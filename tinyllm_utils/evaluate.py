@@ -42,7 +42,8 @@ class EvalConfig:
     limit: int | None = field(default=2, metadata={"help": "single-turn entries per category (seeded sample); None = all"})
     multi_turn_limit: int | None = field(default=1, metadata={"help": "multi-turn entries per category (about a minute each on 2 cores)"})
     seed: int = 0
-    backend: str = field(default="llama_cpp", metadata={"help": "llama_cpp | transformers"})
+    backend: str = field(default="llama_cpp", metadata={
+        "help": "llama_cpp | transformers | openai (a server: TINYLLM_OPENAI_BASE_URL, README)"})
     max_new_tokens: int = 256
     batch_size: int = field(default=8, metadata={"help": "prompts per batch (transformers backend)"})
     stop_when_hopeless: bool = field(default=True, metadata={
@@ -204,10 +205,12 @@ def main(argv=None) -> None:
         print(aggregate.format_table(result["metrics"]))
         print(f"verdicts changed on re-scoring: {len(result['changed'])} {result['changed'][:20]}")
         raise SystemExit(1 if result["changed"] else 0)
+    from tinyllm_utils.server_backend import ServerRequestError, ServerUnavailableError
+
     try:
         metrics = evaluate(config, cli.out)
-    except ModelUnavailableError as exc:
-        raise SystemExit(f"error: {exc}") from None  # one clear line, not a traceback
+    except (ModelUnavailableError, ServerUnavailableError, ServerRequestError) as exc:
+        raise SystemExit(f"error: {exc}") from None  # one clear line, not a traceback; finished entries are kept
     print(aggregate.format_table(metrics))
 
 

@@ -22,8 +22,9 @@ them:
   and GRPO's sampling stops at the end of the turn.
 * **Outputs** under `out_dir`: `checkpoints/` (TRL checkpoints; a rerun resumes from the last one),
   `curves.csv` (trainer.state.log_history, one row per step), `final/` (LoRA merged into the base, tied
-  embeddings kept, `model_spec.json` with the lineage), `result.json` (written last; a rerun with the same
-  parameters returns it without training).
+  embeddings kept, `model_spec.json` with the lineage), `result.json`, then the completion marker of
+  tinyllm_utils.stage (a rerun with the same parameters returns the result without training; other
+  parameters in the same folder are refused).
 
 Model output is never executed: GRPO's reward decodes completions with tinyllm_utils.decoding (literals only)
 and asks bfcl-eval's checker (tinyllm_utils.scoring).
@@ -34,9 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
 import json
-import shutil
 import time
 import types
 from dataclasses import replace
@@ -48,6 +47,7 @@ from tinyllm_utils.prompts import answer_text, first_turn_messages, format_examp
 from tinyllm_utils.registry import ModelSpec, ModelUnavailableError, resolve_model
 from tinyllm_utils.results import manifest, write_json_atomic, write_text_atomic
 from tinyllm_utils.scoring import score_single_turn
+from tinyllm_utils.stage import finish_work, open_work, replace_dir_atomic
 from tinyllm_utils.training_data import row_entry, row_example
 
 END_OF_TURN = "<end_of_turn>"
@@ -413,31 +413,19 @@ def _dataset_key(dataset) -> str | None:
 
 
 def _run_key(method: str, config, lora, train_ds, eval_ds, spec: ModelSpec | None) -> dict:
-    key = {"method": method, "config": _config_key(config),
-           "lora": None if lora is None else json.loads(json.dumps(lora.to_dict(), default=str, sort_keys=True)),
-           "train": _dataset_key(train_ds), "eval": _dataset_key(eval_ds), "model": spec.name if spec else None}
-    key["digest"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return key
+    return {"method": method, "config": _config_key(config),
+            "lora": None if lora is None else json.loads(json.dumps(lora.to_dict(), default=str, sort_keys=True)),
+            "train": _dataset_key(train_ds), "eval": _dataset_key(eval_ds), "model": spec.name if spec else None}
 
 
-def _finished(out_dir: Path, key: dict) -> dict | None:
-    path = out_dir / "result.json"
-    if path.exists():
-        result = json.loads(path.read_text())
-        if result.get("run_key", {}).get("digest") == key["digest"] and Path(result["path"]).exists():
-            return result
-    return None
-
-
-def _check_resumable(out_dir: Path, key: dict) -> None:
-    saved = out_dir / "run_key.json"
-    if saved.exists():
-        old = json.loads(saved.read_text())
-        if old.get("digest") != key["digest"]:
-            changed = sorted(k for k in key if k != "digest" and old.get(k) != key[k])
-            raise ValueError(f"{out_dir} holds a run with other parameters (differing: {changed}); "
-                             "use another out_dir or delete it")
-    write_json_atomic(saved, key)
+def _open(out_dir: Path, key: dict):
+    """The run's folder, keyed like every folder of the study (tinyllm_utils.stage): returns (the saved result,
+    work) when a run with these parameters finished, (None, work) to train or resume from the last checkpoint;
+    a folder holding a run with other parameters is refused, naming what differs."""
+    work = open_work(out_dir, {"parameters": key}, on_mismatch="refuse")
+    if work.status == "done":
+        return json.loads((out_dir / "result.json").read_text()), work
+    return None, work
 
 
 def save_final(model, tokenizer, folder: str | Path, spec: ModelSpec | None, method: str,
@@ -448,24 +436,24 @@ def save_final(model, tokenizer, folder: str | Path, spec: ModelSpec | None, met
     folder = Path(folder)
     if _is_peft(model):
         model = model.merge_and_unload()
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(str(partial))
-    tokenizer.save_pretrained(str(partial))
+    trained = None
     if spec is not None:
         parent = spec.path if spec.source == "local" and spec.path else spec.name
         trained = replace(spec, name=name or f"{spec.name}-{method}", base_model=spec.base_model or spec.name,
                           method=method, parent=parent, stage_key=stage_key)
-        trained.save(partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    if spec is not None:  # ModelSpec.save wrote the temporary folder's path; point it at the final one
-        trained.save(folder)
+
+    def build(path: Path) -> None:
+        model.save_pretrained(str(path))
+        tokenizer.save_pretrained(str(path))
+
+    replace_dir_atomic(build, folder)
+    if trained is not None:
+        trained.save(folder)  # after the rename: model_spec.json names the final folder
     return folder
 
 
 def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: ModelSpec | None,
-           stage_key: str | None, name: str | None, **extra) -> dict:
+           stage_key: str | None, name: str | None, work, **extra) -> dict:
     from transformers.trainer_utils import get_last_checkpoint
 
     checkpoints = Path(trainer.args.output_dir)
@@ -482,6 +470,7 @@ def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: Mode
                                      if k in curves and curves[k].notna().any()},
                       run_key=key, curves=str(out_dir / "curves.csv"), **extra)
     write_json_atomic(out_dir / "result.json", result)
+    finish_work(work)  # the completion marker, last
     return result
 
 
@@ -499,15 +488,15 @@ def train_sft(model, tokenizer, train_ds, eval_ds, sft_config, lora=None, out_di
     """Supervised fine-tuning on prompt/completion rows (sft_dataset), loss on the completion only, full
     (lora=None) or LoRA (`default_lora()`); returns result.json's content (`path` = the final model)."""
     out_dir, spec, key = _prepare("sft", model, sft_config, lora, train_ds, eval_ds, out_dir, spec)
-    if (done := _finished(out_dir, key)) is not None:
+    done, work = _open(out_dir, key)
+    if done is not None:
         return done
-    _check_resumable(out_dir, key)
     train_ds, dropped = drop_too_long(train_ds, tokenizer, sft_config.max_length)
     if eval_ds is not None:
         eval_ds, _ = drop_too_long(eval_ds, tokenizer, sft_config.max_length)
     trainer = trainer_classes()["sft"](model=model, args=sft_config, train_dataset=train_ds, eval_dataset=eval_ds,
                                        processing_class=tokenizer, peft_config=lora)
-    return _train(trainer, "sft" if lora is None else "sft_lora", out_dir, key, tokenizer, spec, stage_key, name,
+    return _train(trainer, "sft" if lora is None else "sft_lora", out_dir, key, tokenizer, spec, stage_key, name, work,
                   dropped_too_long=dropped)
 
 
@@ -522,14 +511,15 @@ def train_dpo(model, tokenizer, train_ds, eval_ds, dpo_config, lora=None, out_di
     if _is_peft(model):  # TRL refuses a PeftModel with a new peft_config; the adapter is part of the start
         model = model.merge_and_unload()
     out_dir, spec, key = _prepare("dpo", model, dpo_config, lora, train_ds, eval_ds, out_dir, spec)
-    if (done := _finished(out_dir, key)) is not None:
+    done, work = _open(out_dir, key)
+    if done is not None:
         return done
-    _check_resumable(out_dir, key)
     if ref_model is None and lora is None and not dpo_config.precompute_ref_log_probs:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     trainer = trainer_classes()["dpo"](model=model, ref_model=ref_model, args=dpo_config, train_dataset=train_ds,
                                        eval_dataset=eval_ds, processing_class=tokenizer, peft_config=lora)
-    return _train(trainer, "dpo" if lora is None else "dpo_lora", out_dir, key, tokenizer, spec, stage_key, name)
+    return _train(trainer, "dpo" if lora is None else "dpo_lora", out_dir, key, tokenizer, spec, stage_key, name,
+                  work)
 
 
 def train_grpo(model, tokenizer, train_ds, eval_ds, grpo_config, lora=None, out_dir="grpo", *, reward_funcs=None,
@@ -540,14 +530,15 @@ def train_grpo(model, tokenizer, train_ds, eval_ds, grpo_config, lora=None, out_
     if _is_peft(model):
         model = model.merge_and_unload()
     out_dir, spec, key = _prepare("grpo", model, grpo_config, lora, train_ds, eval_ds, out_dir, spec)
-    if (done := _finished(out_dir, key)) is not None:
+    done, work = _open(out_dir, key)
+    if done is not None:
         return done
-    _check_resumable(out_dir, key)
     tokenizer.padding_side = "left"
     trainer = trainer_classes()["grpo"](model=model, reward_funcs=reward_funcs or [checker_reward],
                                         args=grpo_config, train_dataset=train_ds, eval_dataset=eval_ds,
                                         processing_class=tokenizer, peft_config=lora)
-    return _train(trainer, "grpo" if lora is None else "grpo_lora", out_dir, key, tokenizer, spec, stage_key, name)
+    return _train(trainer, "grpo" if lora is None else "grpo_lora", out_dir, key, tokenizer, spec, stage_key, name,
+                  work)
 
 
 # ---------------------------------------------------------------- self-improvement
