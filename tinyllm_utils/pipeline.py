@@ -170,6 +170,21 @@ def _check_pairing(stage: str) -> None:
                          f"`jupytext --sync notebooks/{stage}.py` first")
 
 
+def stage_material(stage: str, parameters: dict, inputs: dict[str, str | None]) -> dict:
+    """What a stage's key covers: its parameters, its inputs' keys, the files its parameters name, the code."""
+    return {"parameters": parameters, "inputs": inputs,
+            "files": stage_lib.file_digests(parameters, resolve=lambda v: PROJECT_ROOT / v),
+            "code": {"package": stage_lib.package_code_version(),
+                     "notebook": stage_lib.notebook_code_version(notebook_path(stage))}}
+
+
+def open_stage(run_root: Path, stage: str, parameters: dict, plan) -> "stage_lib.Work":
+    """Open a stage's folder under the key the pipeline gives it (for runs outside the pipeline, e.g. a stage
+    under `accelerate launch`): the pipeline later finds the same key and resumes instead of starting over."""
+    inputs = {s: stage_lib.completed_key(run_root / s) for s in stage_inputs(stage, plan)}
+    return stage_lib.open_work(run_root / stage, stage_material(stage, parameters, inputs))
+
+
 def local_kernel_manager():
     """A Jupyter kernel manager whose sockets are local files (IPC), not TCP ports: nothing of the notebook's
     kernel listens on the network, and ipykernel has no "running over TCP without encryption" to warn about."""
@@ -211,11 +226,7 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
         if not_ready:
             raise SystemExit(f"{prefix}: its input stages {not_ready} have not finished; run them first")
         _check_pairing(stage)
-        material = {"parameters": parameters, "inputs": inputs,
-                    "files": stage_lib.file_digests(parameters, resolve=lambda v: PROJECT_ROOT / v),
-                    "code": {"package": stage_lib.package_code_version(),
-                             "notebook": stage_lib.notebook_code_version(notebook_path(stage))}}
-        work = stage_lib.open_work(out, material, force=stage in (force or []))
+        work = stage_lib.open_work(out, stage_material(stage, parameters, inputs), force=stage in (force or []))
         if work.status == "done":
             print(f"{prefix}: skipped (done)")
             keys[stage] = work.key

@@ -381,3 +381,35 @@ def run_edge_profile_stage(config: EdgeStageConfig, stage_dir: str | Path) -> di
                       seed=protocol.seed, max_new_tokens=protocol.max_new_tokens, threads=list(config.threads),
                       runs=config.runs, decode_tokens=config.decode_tokens, transformers_reference=references)
     return run_edge_stage(edge, stage_dir)
+
+
+# ---------------------------------------------------------------- command line (e.g. under `accelerate launch`)
+
+STAGE_RUNNERS = {"04_sft": run_sft_stage, "05_dpo": run_dpo_stage, "06_hybrid": run_hybrid_stage,
+                 "08_edge_profile": run_edge_profile_stage}
+
+
+def main(argv=None) -> None:
+    """Run one stage without its notebook, with a profile's parameters: what `accelerate launch` needs on a
+    multi-GPU machine (the notebook path runs in one Jupyter kernel). The stage folder is opened under the
+    pipeline's own key but not marked finished: the pipeline then resumes it (finished training folders are
+    returned as they are) and runs the notebook."""
+    import argparse
+
+    from tinyllm_utils.pipeline import OUTPUT_ROOT, build_config, open_stage, parse_overrides, resolve_profile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--stage", required=True, choices=sorted(STAGE_RUNNERS))
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--run-id", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.NAME=VALUE")
+    args = parser.parse_args(argv)
+    plan = resolve_profile(args.profile, parse_overrides(args.overrides))["stages"]
+    work = open_stage(OUTPUT_ROOT / (args.run_id or args.profile), args.stage, plan[args.stage], plan)
+    print(f"{args.stage}: {work.describe()} -> {work.folder}")
+    results = STAGE_RUNNERS[args.stage](build_config(args.stage, plan[args.stage]), work.folder)
+    print(summary_table(results).to_string() if args.stage != "08_edge_profile" else results["recommendation"])
+
+
+if __name__ == "__main__":
+    main()
