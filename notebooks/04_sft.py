@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -33,8 +35,8 @@ model = "gemma-3-270m"  # the base model
 lora_sft = {"max_steps": 2, "learning_rate": 2e-4}  # trl.SFTConfig fields for LoRA SFT; None skips it
 full_sft = None  # trl.SFTConfig fields for full fine-tuning; None skips it
 lora = {}  # peft.LoraConfig fields over r 16, alpha 32, all linear layers
-train_rows = 8  # seeded sample of stage-02 train rows; None = all
-evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None = all of them
+train_rows = 8  # seeded sample of stage-02 train rows; None for all
+evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None for all of them
 seed = 0
 stage_dir = "outputs/smoke/04_sft"
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -27,10 +29,10 @@
 # Parameters (papermill overrides these; the defaults are the `smoke` profile = DPOStageConfig's defaults)
 model = "gemma-3-270m"
 dpo = {"max_steps": 2, "beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 5e-6}  # trl.DPOConfig fields
-use_lora = True  # reference = the policy with its adapter disabled
+use_lora = True  # the reference is the policy with its adapter disabled
 lora = {}
-train_pairs = None  # seeded sample of stage-03 train pairs; None = all
-evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None = all of them
+train_pairs = None  # seeded sample of stage-03 train pairs; None for all
+evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None for all of them
 seed = 0
 stage_dir = "outputs/smoke/05_dpo"
 

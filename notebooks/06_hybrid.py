@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -39,9 +41,9 @@ cycle_rows = 6  # training prompts answered per cycle
 cycle_training = {"max_steps": 2, "learning_rate": 5e-6}  # the cycle trainer's config fields
 use_lora = True
 lora = {}
-train_pairs = None  # seeded sample of stage-03 train pairs for SFT -> DPO; None = all
+train_pairs = None  # seeded sample of stage-03 train pairs for SFT -> DPO; None for all
 grpo_rows = 8  # seeded sample of stage-02 train rows as GRPO prompts
-evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None = all of them
+evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None for all of them
 seed = 0
 stage_dir = "outputs/smoke/06_hybrid"
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -39,7 +41,7 @@ threads = [2]
 runs = 1  # profile repetitions (median and spread)
 decode_tokens = 16
 transformers_reference = False  # also profile the transformers model (fp32, bf16) of each checkpoint
-evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None = all of them
+evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None for all of them
 seed = 0
 stage_dir = "outputs/smoke/08_edge_profile"
 
