@@ -73,7 +73,10 @@ display(Markdown((stage_dir / "table_iv.md").read_text()))
 # Holm-adjusted over every row of this table.
 
 # %%
-comparisons = pd.read_csv(stage_dir / "comparisons.csv")
+try:
+    comparisons = pd.read_csv(stage_dir / "comparisons.csv")
+except pd.errors.EmptyDataError:  # no two evaluations share entries yet
+    comparisons = pd.DataFrame()
 columns = ["a", "b", "scoring", "comparison", "n", "acc_a", "acc_b", "diff", "ci_low", "ci_high", "p_value", "p_holm"]
 display(comparisons[columns] if len(comparisons) else "no two evaluations share entries yet")
 
