@@ -37,7 +37,7 @@ sft_grpo = {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size":
             "max_completion_length": 16}  # trl.GRPOConfig fields; None skips SFT -> GRPO
 cycles = 1  # self-improvement rounds
 cycle_method = "dpo"  # dpo | grpo
-cycle_rows = 6  # training prompts answered per cycle
+cycle_rows = 2  # training prompts answered per cycle
 cycle_training = {"max_steps": 2, "learning_rate": 5e-6}  # the cycle trainer's config fields
 use_lora = True
 lora = {}

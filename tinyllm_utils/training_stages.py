@@ -72,7 +72,7 @@ class HybridStageConfig:
         "max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 16})
     cycles: int = 1  # self-improvement rounds: generate -> pairs from own checked failures -> train -> evaluate
     cycle_method: str = "dpo"  # dpo | grpo
-    cycle_rows: int | None = 6  # training prompts answered per cycle
+    cycle_rows: int | None = 2  # training prompts answered per cycle
     cycle_training: dict = field(default_factory=lambda: {"max_steps": 2, "learning_rate": 5e-6})
     use_lora: bool = True
     lora: dict = field(default_factory=dict)
