@@ -114,7 +114,7 @@ def test_smoke_pipeline_writes_every_stage(reference):
     for split in saved.values():
         for pair in split:
             assert pair["prompt"].endswith("<start_of_turn>model\n") and pair["chosen"] != pair["rejected"]
-    for name in STAGES:
+    for name in SMOKE:
         marker = json.loads((reference / name / "stage.json").read_text())
         assert marker["parameters"] == SMOKE[name] and len(marker["key"]) == 64
         assert not (reference / name / "stage.running.json").exists()
@@ -153,7 +153,7 @@ def test_rerun_with_nothing_changed_skips_every_stage(reference, capsys):
     capsys.readouterr()
     run_pipeline("smoke", run_id="reference", output_root=reference.parent, progress=False)
     out = capsys.readouterr().out
-    assert out.count("skipped (done)") == len(STAGES), out
+    assert out.count("skipped (done)") == len(SMOKE), out
 
 
 def test_upstream_change_reruns_exactly_the_stages_downstream(reference, tmp_path, capsys):
