@@ -98,8 +98,8 @@ def test_profiles_inherit_and_only_list_changes():
     for name, profile in raw.items():
         for stage_name, changes in (profile.get("parameters") or {}).items():
             parent = raw[name].get("inherits")
-            inherited = pipeline.resolve_profile(parent)["stages"][stage_name] if parent else \
-                pipeline.default_parameters(stage_name)
+            inherited = pipeline.resolve_profile(parent)["stages"].get(stage_name) if parent else None
+            inherited = inherited or pipeline.default_parameters(stage_name)
             for key, value in changes.items():
                 assert inherited[key] != value, f"{name}.{stage_name}.{key} repeats what it inherits"
 
