@@ -8,25 +8,11 @@ import pandas as pd
 import pytest
 
 from tinyllm_utils.aggregate import overall_scores, summarize, wilson_interval
+from tinyllm_utils.analysis import SUB_TABLE_COLUMNS, V3_COUNTS, V4_COUNTS
 
 REFERENCE = Path(str(files("tinyllm_utils").joinpath("reference", "bfcl_leaderboard")))  # shipped package data
-# BFCL v3 category sizes (live_irrelevance and live_relevance changed in v4: 884 and 16)
-V3_COUNTS = {"live_simple": 258, "live_multiple": 1053, "live_parallel": 16, "live_parallel_multiple": 24,
-             "live_irrelevance": 882, "live_relevance": 18}
-V4_COUNTS = {**V3_COUNTS, "live_irrelevance": 884, "live_relevance": 16}
-COLUMNS = {
-    "non_live": {"Python Simple AST": "simple_python", "Java Simple AST": "simple_java",
-                 "JavaScript Simple AST": "simple_javascript", "Multiple AST": "multiple", "Parallel AST": "parallel",
-                 "Parallel Multiple AST": "parallel_multiple", "Irrelevance Detection": "irrelevance"},
-    "live": {"Python Simple AST": "live_simple", "Python Multiple AST": "live_multiple",
-             "Python Parallel AST": "live_parallel", "Python Parallel Multiple AST": "live_parallel_multiple",
-             "Irrelevance Detection": "live_irrelevance", "Relevance Detection": "live_relevance"},
-    "multi_turn": {"Base": "multi_turn_base", "Miss Func": "multi_turn_miss_func", "Miss Param": "multi_turn_miss_param",
-                   "Long Context": "multi_turn_long_context"},
-    "agentic": {"Web Search Base": "web_search_base", "Web Search No Snippet": "web_search_no_snippet",
-                "Memory KV": "memory_kv", "Memory Vector": "memory_vector",
-                "Memory Recursive Summarization": "memory_rec_sum"},
-}
+# The leaderboard's category sizes and column names, as the analysis stage reads them (one copy of that data).
+COLUMNS = SUB_TABLE_COLUMNS
 
 
 def percent(value) -> float:
