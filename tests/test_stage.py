@@ -104,6 +104,14 @@ def test_profiles_inherit_and_only_list_changes():
                 assert inherited[key] != value, f"{name}.{stage_name}.{key} repeats what it inherits"
 
 
+def test_stages_can_add_a_stage_the_profile_leaves_out():
+    assert "08_edge_profile" not in pipeline.resolve_profile("smoke")["stages"]
+    plan = pipeline.resolve_profile("smoke", include=["08_edge_profile"])["stages"]
+    assert list(plan)[-1] == "08_edge_profile" and plan["08_edge_profile"] == pipeline.default_parameters("08_edge_profile")
+    with pytest.raises(SystemExit, match="09_nothing"):
+        pipeline.run_pipeline("smoke", run_id="x", stages=["09_nothing"], progress=False)
+
+
 def test_unknown_parameter_is_refused_with_its_name():
     with pytest.raises(SystemExit, match="limitt"):
         pipeline.resolve_profile("smoke", {"03_pair_construction": {"limitt": 3}})

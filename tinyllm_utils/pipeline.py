@@ -122,8 +122,10 @@ def load_profiles() -> dict:
     return yaml.safe_load(files("tinyllm_utils").joinpath("configs/profiles.yaml").read_text())
 
 
-def resolve_profile(name: str, overrides: dict | None = None) -> dict:
-    """{"stages": {stage: parameters}, "description": ...}: defaults <- each inherited profile <- overrides."""
+def resolve_profile(name: str, overrides: dict | None = None, include: list[str] | None = None) -> dict:
+    """{"stages": {stage: parameters}, "description": ...}: defaults <- each inherited profile <- overrides.
+
+    `include` adds stages the profile does not run by default (e.g. 08 on a smoke run), in pipeline order."""
     profiles = load_profiles()
     chain, current = [], name
     while current is not None:
@@ -132,10 +134,12 @@ def resolve_profile(name: str, overrides: dict | None = None) -> dict:
         chain.append(profiles[current])
         current = profiles[current].get("inherits")
     stages = next(p["stages"] for p in chain if "stages" in p)
-    resolved = {}
-    for stage in stages:
+    for stage in [*stages, *(include or [])]:
         if stage not in STAGES:
             raise SystemExit(f"profile {name!r} names stage {stage!r}, which the pipeline does not have")
+    stages = [s for s in STAGES if s in set(stages) | set(include or [])]
+    resolved = {}
+    for stage in stages:
         parameters = default_parameters(stage)
         for profile in reversed(chain):
             parameters.update((profile.get("parameters") or {}).get(stage) or {})
@@ -202,8 +206,11 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
                  force: list[str] | None = None) -> Path:
     import papermill
 
-    plan = resolve_profile(profile, overrides)["stages"]
-    unknown = set(stages or []) | set(force or [])
+    unknown = (set(stages or []) | set(force or [])) - set(STAGES)
+    if unknown:
+        raise SystemExit(f"no stage {sorted(unknown)}; the pipeline has {list(STAGES)}")
+    plan = resolve_profile(profile, overrides, include=stages)["stages"]
+    unknown = set(force or [])
     unknown -= set(plan)
     if unknown:
         raise SystemExit(f"profile {profile!r} has no stage {sorted(unknown)}; it has {list(plan)}")

@@ -147,7 +147,8 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     spec = replace(resolve_model(str(final)), method=label, parent=parent)
     spec.save(final)
     tokens = (result.get("train_metrics") or {}).get("num_input_tokens_seen") or result.get("tokens_seen")
-    training = {"method": label, "parent": parent, "seconds": result["seconds"], "steps": result.get("global_step"),
+    training = {"method": label, "parent": parent, "checkpoint": str(final.relative_to(method_dir)),
+                "seconds": result["seconds"], "steps": result.get("global_step"),
                 "tokens_seen": tokens, "tokens_per_s": (tokens / result["seconds"]) if tokens else None,
                 "train_metrics": result.get("train_metrics"), "curves": result.get("curves")}
     write_json_atomic(method_dir / "training.json", training)
@@ -337,12 +338,13 @@ def trained_models(stage_dir: Path) -> dict[str, dict]:
     for stage in ("04_sft", "05_dpo", "06_hybrid"):
         for training_file in sorted((_run_root(stage_dir) / stage).glob("*/training.json")):
             method_dir = training_file.parent
-            label = json.loads(training_file.read_text())["method"]
+            training = json.loads(training_file.read_text())
             metrics = [json.loads(p.read_text()) for p in method_dir.glob("eval/*/metrics.json")]
             accuracies = [m["accuracy"] for mm in metrics for m in mm["categories"].values() if m["accuracy"] is not None]
-            found[label] = {"method_dir": method_dir, "gguf": next(iter(sorted(method_dir.glob("gguf/*.gguf"))), None),
-                            "final": method_dir / "final",
-                            "accuracy": sum(accuracies) / len(accuracies) if accuracies else None}
+            found[training["method"]] = {
+                "method_dir": method_dir, "gguf": next(iter(sorted(method_dir.glob("gguf/*.gguf"))), None),
+                "final": method_dir / training["checkpoint"],  # cycles keep theirs in cycle-k/<method>/final
+                "accuracy": sum(accuracies) / len(accuracies) if accuracies else None}
     return found
 
 
