@@ -293,3 +293,18 @@ def test_accelerate_configs_parse():
         config = load_config_from_file(str(folder / name))
         assert config.distributed_type.value == raw["distributed_type"] and config.num_processes == 8
     assert os.path.exists(folder / "fsdp.yaml")
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "full", "paper"])
+def test_every_profile_training_block_is_a_valid_trl_config(profile, tmp_path):
+    # A misspelt or removed TRL/transformers option (e.g. `warmup_ratio` in transformers 5) must fail here,
+    # not an hour into a run.
+    from tinyllm_utils.pipeline import resolve_profile
+
+    stages = resolve_profile(profile)["stages"]
+    blocks = [("sft", stages["04_sft"][k]) for k in ("lora_sft", "full_sft")]
+    blocks += [("dpo", stages["05_dpo"]["dpo"]), ("dpo", stages["06_hybrid"]["sft_dpo"]),
+               ("grpo", stages["06_hybrid"]["sft_grpo"]),
+               (stages["06_hybrid"]["cycle_method"], stages["06_hybrid"]["cycle_training"])]
+    checked = [training.training_config(kind, block, tmp_path) for kind, block in blocks if block is not None]
+    assert len(checked) >= 4
