@@ -184,7 +184,9 @@ def plot_method_ablation(results: pd.DataFrame):
         sub = long[long["label"] == label].set_index("column").reindex(columns)
         xs = np.arange(len(columns)) - 0.4 + width * (i + 0.5)
         ax.bar(xs, sub["value"], width, label=label, color=palette[i])
-        ax.errorbar(xs, sub["value"], yerr=[sub["value"] - sub["ci_low"], sub["ci_high"] - sub["value"]],
+        # clip: a degenerate bootstrap (every resample equal) can sit a rounding error past the point estimate
+        yerr = np.clip([sub["value"] - sub["ci_low"], sub["ci_high"] - sub["value"]], 0, None)
+        ax.errorbar(xs, sub["value"], yerr=yerr,
                     fmt="none", ecolor="black", elinewidth=1, capsize=2)
     ax.set_xticks(range(len(columns)), [analysis.TABLE_IV_LABELS[c] for c in columns], rotation=20)
     ax.set_ylim(0, 100)
