@@ -131,13 +131,12 @@ def test_every_trained_model_is_evaluated_like_the_baseline(reference):
     for stage in ("04_sft", "05_dpo", "06_hybrid"):
         for training_file in sorted((reference / stage).glob("*/training.json")):
             method_dir = training_file.parent
-            checkpoint = method_dir / json.loads(training_file.read_text())["checkpoint"]  # cycles: cycle-k/dpo/final
-            spec = json.loads((checkpoint / "model_spec.json").read_text())
+            training = json.loads(training_file.read_text())
+            spec = json.loads((method_dir / training["checkpoint"] / "model_spec.json").read_text())  # cycle-k/dpo/final
             labels[spec["method"]] = spec
             assert spec["base_model"] == "gemma-3-270m" and spec["parent"] and spec["prompt_format"] == "gemma"
             assert len(list((method_dir / "gguf").glob("*-F16.gguf"))) == 1
-            curves = checkpoint.parent / "curves.csv"  # beside the trainer's checkpoints (cycle-k/<method>/)
-            assert curves.read_text().count("\n") >= 2  # a header and at least one step
+            assert Path(training["curves"]).read_text().count("\n") >= 2  # a header and at least one step
             (eval_dir,) = [p.parent for p in (method_dir / "eval").glob("*/metrics.json")]
             run = json.loads((eval_dir / "run.json").read_text())
             for key in ("seed", "backend", "max_new_tokens", "limit", "multi_turn_limit", "stop_when_hopeless"):
