@@ -50,6 +50,7 @@ def test_rerun_skips_finished_entries_and_recovers_a_torn_line(fake, tmp_path):
     config = EvalConfig(categories=["simple_python"], limit=3)
     evaluate(config, tmp_path, progress=False)
     assert fake.calls == 3
+    assert (tmp_path / "stage.json").exists() and not (tmp_path / "stage.running.json").exists()
     evaluate(config, tmp_path, progress=False)
     assert fake.calls == 3  # nothing generated again
     path = tmp_path / "predictions" / "simple_python.jsonl"
@@ -58,6 +59,8 @@ def test_rerun_skips_finished_entries_and_recovers_a_torn_line(fake, tmp_path):
     metrics = evaluate(config, tmp_path, progress=False)
     assert fake.calls == 4 and metrics["categories"]["simple_python"]["n"] == 3
     assert len(read_jsonl(path)) == 3
+    metrics = evaluate(EvalConfig(categories=["simple_python"], limit=5), tmp_path, progress=False)
+    assert fake.calls == 6 and metrics["categories"]["simple_python"]["n"] == 5  # a larger limit extends it
 
 
 def test_changed_parameters_refuse_to_mix_with_old_predictions(fake, tmp_path):

@@ -25,7 +25,7 @@ from tinyllm_utils.prompts import entry_prompt
 from tinyllm_utils.registry import ModelUnavailableError, resolve_model
 from tinyllm_utils.results import PredictionWriter, manifest, model_folder_name, read_jsonl, write_json_atomic
 from tinyllm_utils.scoring import score_example
-from tinyllm_utils.stage import open_work
+from tinyllm_utils.stage import Work, finish_work, open_work
 
 
 SMOKE_CATEGORIES = ["simple_python", "simple_java", "multiple", "parallel", "parallel_multiple", "irrelevance",
@@ -80,9 +80,9 @@ def run_baseline(config: BaselineConfig, stage_dir: str | Path, progress: bool =
             for model in config.models}
 
 
-def _check_resumable(out_dir: Path, config: EvalConfig) -> None:
+def _check_resumable(out_dir: Path, config: EvalConfig) -> Work:
     """Predictions in `out_dir` are keyed by what changes them (tinyllm_utils.stage); other keys are refused."""
-    open_work(out_dir, {"parameters": config.prediction_keys()}, on_mismatch="refuse")
+    return open_work(out_dir, {"parameters": config.prediction_keys()}, on_mismatch="refuse")
 
 
 def _row(example, raw, generation_stats: dict, parser=None) -> dict:
@@ -100,7 +100,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
     categories = expand_categories(config.categories)
     spec = resolve_model(config.model)
     parser = model_families.parser_for(spec)  # the family's: Python calls, xLAM JSON or Qwen <tool_call>
-    _check_resumable(out_dir, config)
+    work = _check_resumable(out_dir, config)
     run = manifest(asdict(config) | {"categories": categories}, prediction_keys=config.prediction_keys(),
                    model_spec=asdict(spec), bfcl_eval=BFCL_EVAL_VERSION, parser=model_families.parser_name(spec),
                    scoring_path=model_families.scoring_path(spec))
@@ -150,6 +150,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
     metrics["model"] = spec.name
     metrics["selected_ids"] = {c: sorted(ids) for c, ids in selected.items()}  # what analysis/figures count
     write_json_atomic(out_dir / "metrics.json", metrics)
+    finish_work(work)  # the folder's marker says "finished" (a later, larger limit reopens and extends it)
     return metrics
 
 
