@@ -35,7 +35,7 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; the defaults are the `smoke` profile = EdgeStageConfig's defaults)
-checkpoints = ["base", "best"]  # base | best (highest mean accuracy of stages 04-06) | a method label
+checkpoints = ["base", "best"]  # base | best (stages 04-06: training_stages.best_model) | a method label
 types = ["Q8_0", "Q4_K_M"]  # quantized variants besides F16
 threads = [2]
 runs = 1  # profile repetitions (median and spread)

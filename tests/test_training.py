@@ -308,3 +308,16 @@ def test_every_profile_training_block_is_a_valid_trl_config(profile, tmp_path):
                (stages["06_hybrid"]["cycle_method"], stages["06_hybrid"]["cycle_training"])]
     checked = [training.training_config(kind, block, tmp_path) for kind, block in blocks if block is not None]
     assert len(checked) >= 4
+
+
+def test_best_model_ranks_on_the_categories_that_expect_a_call():
+    from tinyllm_utils.training_stages import MissingStageError, best_model
+
+    never_calls = {"accuracy": 0.2, "call_accuracy": 0.0, "gguf": "a.gguf"}  # 100 % irrelevance, 0 % elsewhere
+    calls = {"accuracy": 0.16, "call_accuracy": 0.06, "gguf": "b.gguf"}
+    not_exported = {"accuracy": 0.9, "call_accuracy": 0.9, "gguf": None}
+    assert best_model({"dpo": never_calls, "sft-lora": calls, "x": not_exported}) == "sft-lora"
+    tie = dict(calls, accuracy=0.3)
+    assert best_model({"sft-lora": calls, "sft→dpo": tie}) == "sft→dpo"  # the plain mean breaks a tie
+    with pytest.raises(MissingStageError, match="best"):
+        best_model({"x": not_exported})

@@ -342,17 +342,31 @@ def trained_models(stage_dir: Path) -> dict[str, dict]:
             method_dir = training_file.parent
             training = json.loads(training_file.read_text())
             metrics = [json.loads(p.read_text()) for p in method_dir.glob("eval/*/metrics.json")]
-            accuracies = [m["accuracy"] for mm in metrics for m in mm["categories"].values() if m["accuracy"] is not None]
+            scores = {c: m["accuracy"] for mm in metrics for c, m in mm["categories"].items()
+                      if m["accuracy"] is not None}
+            calls = [a for c, a in scores.items() if "irrelevance" not in c]  # categories that expect a call
             found[training["method"]] = {
                 "method_dir": method_dir, "gguf": next(iter(sorted(method_dir.glob("gguf/*.gguf"))), None),
                 "final": method_dir / training["checkpoint"],  # cycles keep theirs in cycle-k/<method>/final
-                "accuracy": sum(accuracies) / len(accuracies) if accuracies else None}
+                "accuracy": sum(scores.values()) / len(scores) if scores else None,
+                "call_accuracy": sum(calls) / len(calls) if calls else None}
     return found
 
 
+def best_model(trained: dict[str, dict]) -> str:
+    """The exported model with the highest mean accuracy on the categories that expect a call; the mean over
+    every category only breaks ties. (A model that never calls scores 100 % on irrelevance: ranked on the plain
+    mean, it would beat one that calls correctly now and then.)"""
+    ranked = [((m["call_accuracy"] or 0.0, m["accuracy"]), label) for label, m in trained.items()
+              if m["accuracy"] is not None and m["gguf"]]
+    if not ranked:
+        raise MissingStageError("no trained, exported and evaluated model in stages 04-06 to call `best`")
+    return max(ranked)[1]
+
+
 def run_edge_profile_stage(config: EdgeStageConfig, stage_dir: str | Path) -> dict:
-    """Stage 08: quantized variants of the chosen checkpoints (`best` = the trained model with the highest mean
-    category accuracy in its own evaluation), each evaluated on stage 01's entries and profiled on this machine."""
+    """Stage 08: quantized variants of the chosen checkpoints (`best`: see `best_model`), each evaluated on
+    stage 01's entries and profiled on this machine."""
     from tinyllm_utils.edge import EdgeConfig, run_edge_stage
 
     stage_dir = Path(stage_dir)
@@ -371,10 +385,7 @@ def run_edge_profile_stage(config: EdgeStageConfig, stage_dir: str | Path) -> di
                 references["base"] = "embedded" if base.source == "embedded" else (base.path or base.hf_id)
             continue
         if name == "best":
-            ranked = [(m["accuracy"], label) for label, m in trained.items() if m["accuracy"] is not None and m["gguf"]]
-            if not ranked:
-                raise MissingStageError("no trained, exported and evaluated model in stages 04-06 to call `best`")
-            name = max(ranked)[1]
+            name = best_model(trained)
         if name not in trained or trained[name]["gguf"] is None:
             raise MissingStageError(f"no exported model {name!r} in stages 04-06 (have {sorted(trained)})")
         checkpoints[name] = str(trained[name]["gguf"])
