@@ -248,7 +248,8 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
         method_dir = stage_dir / f"cycle-{cycle}"
         began = time.perf_counter()
         outcome = training.self_improvement_cycle(
-            current, data, method_dir, dict(config.cycle_training, seed=config.seed), method=config.cycle_method,
+            current, data, method_dir, _tokens_seen(dict(config.cycle_training, seed=config.seed)),
+            method=config.cycle_method,
             lora=_lora(config, config.use_lora), limit=config.cycle_rows, backend="transformers",
             max_new_tokens=protocol.max_new_tokens, seed=config.seed + cycle)
         if not outcome.get("trained"):
