@@ -38,6 +38,7 @@
 checkpoints = ["base", "best"]  # base | best (stages 04-06: training_stages.best_model) | a method label
 types = ["Q8_0", "Q4_K_M"]  # quantized variants besides F16
 threads = [2]
+threads_for = {}  # per variant, replaces `threads`, e.g. {"Q4_K_M": [1, 2]}
 runs = 1  # profile repetitions (median and spread)
 decode_tokens = 16
 transformers_reference = False  # also profile the transformers model (fp32, bf16) of each checkpoint

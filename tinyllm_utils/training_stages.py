@@ -328,6 +328,7 @@ class EdgeStageConfig:
     checkpoints: list[str] = field(default_factory=lambda: ["base", "best"])  # base | best | a method label
     types: list[str] = field(default_factory=lambda: ["Q8_0", "Q4_K_M"])  # quantized variants besides F16
     threads: list[int] = field(default_factory=lambda: [2])
+    threads_for: dict[str, list[int]] = field(default_factory=dict)  # per variant (e.g. F16), replaces `threads`
     runs: int = 1  # profile repetitions (median and spread)
     decode_tokens: int = 16
     transformers_reference: bool = False  # profile the fp32 / bf16 transformers model of each checkpoint too
@@ -395,6 +396,7 @@ def run_edge_profile_stage(config: EdgeStageConfig, stage_dir: str | Path) -> di
     edge = EdgeConfig(checkpoints=checkpoints, types=list(config.types), requantize=requantize,
                       categories=protocol.categories, limit=protocol.limit, multi_turn_limit=protocol.multi_turn_limit,
                       seed=protocol.seed, max_new_tokens=protocol.max_new_tokens, threads=list(config.threads),
+                      threads_for={k: list(v) for k, v in config.threads_for.items()},
                       runs=config.runs, decode_tokens=config.decode_tokens, transformers_reference=references)
     return run_edge_stage(edge, stage_dir)
 
