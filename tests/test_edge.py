@@ -142,6 +142,25 @@ def test_edge_table_from_saved_results_and_figure(tmp_path):
     assert all(p.stat().st_size > 1000 for p in outputs["figures"])
     saved = pd.read_csv(tmp_path / "out" / "edge_table.csv")
     assert {"method", "quantization", "pareto", "retained_ci_low", "retained_ci_high"} <= set(saved.columns)
+    title = edge.plot_edge_pareto(outputs["table"]).axes[0].get_title()
+    assert "at 2 threads" in title and "n = 10 entries" in title  # what was measured, on how many entries
+    again = edge.write_edge_outputs(table, tmp_path / "again", keep=0.85)
+    assert again["figures"][1].read_bytes() == outputs["figures"][1].read_bytes()  # PDF: no creation date
+
+
+def test_a_variant_that_stops_calling_does_not_keep_its_accuracy(tmp_path):
+    """Pooled with irrelevance (where no call is right), a variant that never calls would look as good as F16."""
+    records = []
+    for quant, calls, abstains in (("F16", [True] * 4 + [False] * 6, [False] * 10), ("Q4_K_M", [False] * 10, [True] * 10)):
+        eval_dir = tmp_path / quant
+        (eval_dir / "predictions").mkdir(parents=True)
+        for category, valid in (("simple_python", calls), ("irrelevance", abstains)):
+            (eval_dir / "predictions" / f"{category}.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in _rows(valid, category)))
+        records.append({"method": "sft", "quantization": quant, "eval_dir": eval_dir})
+    row = edge.edge_table(records).set_index("quantization").loc["Q4_K_M"]
+    assert row["accuracy_all_entries"] == 0.5 and row["irrelevance_accuracy"] == 1.0  # pooled: 0.5 vs F16's 0.2
+    assert row["accuracy"] == 0.0 and row["retained"] == 0.0 and row["n"] == 10  # on the entries that expect a call
 
 
 def test_outputs_from_partial_results(tmp_path):

@@ -415,12 +415,24 @@ def _predictions(eval_dir: Path) -> list[dict]:
     return rows
 
 
+def _share_valid(rows: list[dict]) -> float:
+    return sum(bool(r["valid"]) for r in rows) / len(rows)
+
+
+def _expecting_a_call(rows: list[dict]) -> list[dict]:
+    """The rows of categories that expect a call; all rows when none do (e.g. an irrelevance-only check)."""
+    calls = [r for r in rows if "irrelevance" not in r["category"]]
+    return calls or rows
+
+
 def edge_table(records: list[dict], reference: str = "F16") -> pd.DataFrame:
     """One row per checkpoint x variant from saved results.
 
     Each record: {"method": "base" | "sft" | ..., "quantization": "Q4_K_M", "eval_dir": evaluate() output folder
     (optional), "profile": a profile_variant / profile_transformers result or the path of its JSON (optional)}.
-    Accuracy retained is against the same method's `reference` quantization, paired on the same entries.
+    `accuracy` (and the retention against the same method's `reference` quantization, paired on the same
+    entries) counts the entries that expect a call; `irrelevance_accuracy` and `accuracy_all_entries` sit beside
+    it. Pooled with irrelevance, a variant that stops calling altogether would look like it kept its accuracy.
     """
     import pandas as pd
 
@@ -447,8 +459,11 @@ def edge_table(records: list[dict], reference: str = "F16") -> pd.DataFrame:
                     "e2e_s_per_entry": statistics.mean(e2e)}
         mine, ref = predictions.get((method, quant)), predictions.get((method, reference))
         if mine:
-            row["accuracy"] = sum(bool(r["valid"]) for r in mine) / len(mine)
-            row["n"] = len(mine)
+            abstain = [r for r in mine if "irrelevance" in r["category"]]
+            row["accuracy_all_entries"] = _share_valid(mine)
+            row["irrelevance_accuracy"] = _share_valid(abstain) if abstain else None
+            mine, ref = _expecting_a_call(mine), _expecting_a_call(ref or [])
+            row["accuracy"], row["n"] = _share_valid(mine), len(mine)
         if mine and ref:
             paired = paired_retention(ref, mine)
             row |= {"retained": paired["retained"], "retained_ci_low": paired["retained_ci95"][0],
@@ -500,7 +515,8 @@ def recommend(table: pd.DataFrame, keep: float = 0.95, size_col: str = "size_mb"
         best = ok.sort_values(size_col).iloc[0]
         rows.append({"method": method, "quantization": best["quantization"],
                      **{c: best.get(c) for c in ("size_mb", "peak_rss_mb", "decode_tokens_per_s", "e2e_s_per_entry",
-                                                 "accuracy", "retained", "retained_ci_low", "retained_ci_high")},
+                                                 "accuracy", "irrelevance_accuracy", "retained", "retained_ci_low",
+                                                 "retained_ci_high")},
                      "reason": f"smallest file keeping >= {keep:.0%} of F16 accuracy"})
     return pd.DataFrame(rows)
 
@@ -527,14 +543,20 @@ def plot_edge_pareto(table: pd.DataFrame, out_stem: str | Path | None = None):
         ax.annotate(row["quantization"], (row["decode_ms_per_token"], row["accuracy %"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("decode latency (ms / token, lower is better)")
-    ax.set_ylabel("BFCL accuracy (%)")
+    ax.set_ylabel("BFCL accuracy, categories that expect a call (%)")
+    n = sorted({int(v) for v in data["n"].dropna()}) if "n" in data else []
+    threads = sorted({int(v) for v in data["threads"].dropna()}) if "threads" in data else []
+    ax.set_title("Quantized variants: BFCL accuracy vs llama.cpp decode latency"
+                 + (f" at {'/'.join(map(str, threads))} threads" if threads else "")
+                 + (f"\n(n = {'/'.join(map(str, n))} entries per variant; marker area = peak RSS)" if n else ""),
+                 fontsize=9)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7)
     fig.tight_layout()
     if out_stem is not None:
         out_stem = Path(out_stem)
         out_stem.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in (".png", ".pdf"):
-            fig.savefig(out_stem.with_suffix(suffix), dpi=150, bbox_inches="tight")
+        fig.savefig(out_stem.with_suffix(".png"), dpi=150, bbox_inches="tight")
+        fig.savefig(out_stem.with_suffix(".pdf"), bbox_inches="tight", metadata={"CreationDate": None})
     plt.close(fig)
     return fig
 
