@@ -45,6 +45,7 @@ def test_figure_functions_draw_what_they_measure(tables):
     ablation = figures.plot_method_ablation(results)
     labels = {t.get_text() for t in ablation.axes[0].get_xticklabels()}
     assert "overall (v3 scoring)" in labels and "overall (v4 scoring)" not in labels  # never run: no bar, not 0
+    assert "every method" in titles(ablation)  # the per-category panel: trained models have no composites
     multi = figures.plot_multi_turn_vs_params(results)
     assert "v3 and v4" in titles(multi) and "n = 8" in titles(multi)
     legend = " ".join(t.get_text() for t in multi.axes[0].get_legend().get_texts())

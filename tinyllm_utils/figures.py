@@ -173,27 +173,40 @@ def plot_category_heatmap(results: pd.DataFrame):
 
 
 def plot_method_ablation(results: pd.DataFrame):
-    """Table IV scores per model/method with 95 % intervals (Wilson for relevance, bootstrap for composites)."""
+    """Top: Table IV scores per model/method with 95 % intervals (Wilson for relevance, bootstrap for composites).
+    Bottom: accuracy on each category that every model/method was evaluated on (trained models are evaluated on
+    a subset of stage 01's categories, so they have no composite scores), Wilson intervals. Quantized variants
+    (stage 08) have their own figure."""
     long = table_iv_long(results)
     columns = [c for c in analysis.TABLE_IV if c in set(long["column"])]
-    labels = list(dict.fromkeys(long["label"]))
-    fig, ax = plt.subplots(figsize=(min(12, max(7, 0.35 * len(columns) * len(labels) + 4)), 4.5))
-    width = 0.8 / max(len(labels), 1)
-    palette = sns.color_palette("tab10", len(labels))
-    for i, label in enumerate(labels):
-        sub = long[long["label"] == label].set_index("column").reindex(columns)
-        xs = np.arange(len(columns)) - 0.4 + width * (i + 0.5)
-        ax.bar(xs, sub["value"], width, label=label, color=palette[i])
-        # clip: a degenerate bootstrap (every resample equal) can sit a rounding error past the point estimate
-        yerr = np.clip([sub["value"] - sub["ci_low"], sub["ci_high"] - sub["value"]], 0, None)
-        ax.errorbar(xs, sub["value"], yerr=yerr,
-                    fmt="none", ecolor="black", elinewidth=1, capsize=2)
-    ax.set_xticks(range(len(columns)), [analysis.TABLE_IV_LABELS[c] for c in columns], rotation=20)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Method ablation on BFCL v4 data (Table IV columns; {_n_span(long['n'])} entries per score; "
-                 "bars: 95 % interval)")
-    ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+    cats = results[(results["kind"] == "category") & ~results["stage"].astype(str).str.startswith("08")]
+    labels = list(dict.fromkeys([*long["label"], *cats["label"]]))
+    per_label = [set(cats.loc[cats["label"] == label, "category"]) for label in dict.fromkeys(cats["label"])]
+    shared = [c for c in ALL_CATEGORIES if per_label and all(c in s for s in per_label)]
+    cat_long = cats[cats["category"].isin(shared)].rename(columns={"category": "column", "accuracy": "value"})
+    palette = dict(zip(labels, sns.color_palette("tab10", len(labels))))
+    fig, axes = plt.subplots(2, 1, figsize=(min(14, max(8, 0.3 * max(len(columns), len(shared)) * len(labels) + 5)), 8))
+    panels = [(axes[0], long, columns, [analysis.TABLE_IV_LABELS[c] for c in columns],
+               f"Table IV columns on BFCL v4 data ({_n_span(long['n'])} entries per score)"),
+              (axes[1], cat_long, shared, shared,
+               f"Categories every method was evaluated on ({_n_span(cat_long['n'])} entries each)")]
+    for ax, data, cols, ticks, subtitle in panels:
+        present = [label for label in labels if label in set(data["label"])]
+        width = 0.8 / max(len(present), 1)
+        for i, label in enumerate(present):
+            sub = data[data["label"] == label].set_index("column").reindex(cols)
+            xs = np.arange(len(cols)) - 0.4 + width * (i + 0.5)
+            ax.bar(xs, sub["value"], width, label=label, color=palette[label])
+            # clip: a degenerate bootstrap (every resample equal) can sit a rounding error past the point estimate
+            yerr = np.clip([sub["value"] - sub["ci_low"], sub["ci_high"] - sub["value"]], 0, None)
+            ax.errorbar(xs, sub["value"], yerr=yerr, fmt="none", ecolor="black", elinewidth=1, capsize=2)
+        ax.set_xticks(range(len(cols)), ticks, rotation=20)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(subtitle, fontsize=10)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[label]) for label in labels]
+    axes[0].legend(handles, labels, bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+    fig.suptitle("Method ablation: BFCL accuracy per model/method (bars: 95 % interval)")
     fig.tight_layout()
     return fig
 
