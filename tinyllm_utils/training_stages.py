@@ -140,8 +140,7 @@ def stage04_model(stage_dir: Path, method: str) -> Path:
 
 
 def finish_model(result: dict, method_dir: Path, label: str, parent: str, protocol: EvalConfig) -> dict:
-    """Label the trained model (method, parent), record training.json (paths relative to `method_dir`, so a moved
-    outputs tree still reads), export GGUF and evaluate like stage 01."""
+    """Label the trained model (method, parent), record training.json, export GGUF and evaluate like stage 01."""
     from tinyllm_utils.export import export_gguf
 
     final = Path(result["path"])
@@ -151,8 +150,7 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     training = {"method": label, "parent": parent, "checkpoint": str(final.relative_to(method_dir)),
                 "seconds": result["seconds"], "steps": result.get("global_step"),
                 "tokens_seen": tokens, "tokens_per_s": (tokens / result["seconds"]) if tokens else None,
-                "train_metrics": result.get("train_metrics"),
-                "curves": str(Path(result["curves"]).relative_to(method_dir)) if result.get("curves") else None}
+                "train_metrics": result.get("train_metrics"), "curves": result.get("curves")}
     write_json_atomic(method_dir / "training.json", training)
     model = str(final)
     if protocol.backend == "llama_cpp":
