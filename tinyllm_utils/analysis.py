@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from tinyllm_utils import aggregate
-from tinyllm_utils.data import ALL_CATEGORIES, LIVE_CATEGORIES, MULTI_TURN_CATEGORIES, NON_LIVE_CATEGORIES
+from tinyllm_utils.data import (ALL_CATEGORIES, LIVE_CATEGORIES, MULTI_TURN_CATEGORIES, NO_CALL_CATEGORIES,
+                                NON_LIVE_CATEGORIES)
 from tinyllm_utils.results import read_jsonl, write_text_atomic
 from tinyllm_utils.scoring import failure_mode
 
@@ -38,7 +39,7 @@ STAGE_PATTERN = re.compile(r"^\d\d_")
 QUANT_PATTERN = re.compile(r"(?i)(?<![A-Za-z0-9])(IQ\d_[A-Z]+|Q\d_K(?:_[SML])?|Q\d_\d|BF16|F16|F32)(?![A-Za-z0-9])")
 GROUP = {**{c: "non-live" for c in NON_LIVE_CATEGORIES}, **{c: "live" for c in LIVE_CATEGORIES},
          **{c: "multi-turn" for c in MULTI_TURN_CATEGORIES}}
-IRRELEVANCE = ["irrelevance", "live_irrelevance"]  # correct = no call; every other category needs a call
+IRRELEVANCE = list(NO_CALL_CATEGORIES)  # correct = no call; every other category needs a call
 AGENTIC = ["web_search_base", "web_search_no_snippet", "memory_kv", "memory_vector", "memory_rec_sum"]
 # Full-benchmark counts that weight the live score: v3 had 882 / 18 live (ir)relevance entries, v4 has 884 / 16.
 V3_COUNTS = {"live_simple": 258, "live_multiple": 1053, "live_parallel": 16, "live_parallel_multiple": 24,

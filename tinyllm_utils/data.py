@@ -34,6 +34,13 @@ def is_multi_turn(category: str) -> bool:
     return category.startswith("multi_turn")
 
 
+NO_CALL_CATEGORIES = ("irrelevance", "live_irrelevance")  # correct = no call; every other category needs one
+
+
+def expects_call(category: str) -> bool:
+    return category not in NO_CALL_CATEGORIES
+
+
 def is_relevance(category: str) -> bool:
     return "relevance" in category  # relevance and irrelevance: scored by call / no call
 

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinyllm_utils.data import expects_call
 from tinyllm_utils.results import hardware, read_jsonl, write_json_atomic
 
 # pandas, matplotlib, torch are imported where used: a profiling process should hold only llama.cpp.
@@ -421,7 +422,7 @@ def _share_valid(rows: list[dict]) -> float:
 
 def _expecting_a_call(rows: list[dict]) -> list[dict]:
     """The rows of categories that expect a call; all rows when none do (e.g. an irrelevance-only check)."""
-    calls = [r for r in rows if "irrelevance" not in r["category"]]
+    calls = [r for r in rows if expects_call(r["category"])]
     return calls or rows
 
 
@@ -459,7 +460,7 @@ def edge_table(records: list[dict], reference: str = "F16") -> pd.DataFrame:
                     "e2e_s_per_entry": statistics.mean(e2e)}
         mine, ref = predictions.get((method, quant)), predictions.get((method, reference))
         if mine:
-            abstain = [r for r in mine if "irrelevance" in r["category"]]
+            abstain = [r for r in mine if not expects_call(r["category"])]
             row["accuracy_all_entries"] = _share_valid(mine)
             row["irrelevance_accuracy"] = _share_valid(abstain) if abstain else None
             mine, ref = _expecting_a_call(mine), _expecting_a_call(ref or [])
@@ -553,10 +554,11 @@ def plot_edge_pareto(table: pd.DataFrame, out_stem: str | Path | None = None):
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7)
     fig.tight_layout()
     if out_stem is not None:
+        from tinyllm_utils.figures import save_figure
+
         out_stem = Path(out_stem)
         out_stem.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_stem.with_suffix(".png"), dpi=150, bbox_inches="tight")
-        fig.savefig(out_stem.with_suffix(".pdf"), bbox_inches="tight", metadata={"CreationDate": None})
+        save_figure(fig, out_stem.parent, out_stem.name)
     plt.close(fig)
     return fig
 

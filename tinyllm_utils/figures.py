@@ -311,7 +311,8 @@ def plot_training_curves(curves: pd.DataFrame):
     return fig
 
 
-def _save(fig, out_dir: Path, name: str) -> list[Path]:
+def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
+    """`<name>.png` and `.pdf` (without a creation date: rebuilt figures are byte-identical); closes `fig`."""
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})  # byte-reproducible PDF
@@ -338,8 +339,8 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, n_resamples: int = 20
             written.append(out_dir / f"{name}.csv")
         write_text_atomic(out_dir / "baseline_findings.md", baseline_findings(metrics, failures) + "\n")
         written.append(out_dir / "baseline_findings.md")
-        written += _save(plot_category_accuracy(metrics), out_dir, "baseline_accuracy")
-        written += _save(plot_failure_modes(failures), out_dir, "baseline_failure_modes")
+        written += save_figure(plot_category_accuracy(metrics), out_dir, "baseline_accuracy")
+        written += save_figure(plot_failure_modes(failures), out_dir, "baseline_failure_modes")
     else:
         missing.append(f"baseline figures and tables: {baseline} holds no evaluation (stage 01 did not run)")
 
@@ -362,7 +363,7 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, n_resamples: int = 20
     ]
     for name, available, build, reason in plan:
         if available:
-            written += _save(build(), out_dir, name)
+            written += save_figure(build(), out_dir, name)
         else:
             missing.append(f"{name}: {reason}")
     if not has_multi_turn:

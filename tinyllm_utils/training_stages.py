@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tinyllm_utils.data import expects_call
 from tinyllm_utils.evaluate import EvalConfig, evaluate
 from tinyllm_utils.registry import resolve_model
 from tinyllm_utils.results import write_json_atomic
@@ -344,7 +345,7 @@ def trained_models(stage_dir: Path) -> dict[str, dict]:
             metrics = [json.loads(p.read_text()) for p in method_dir.glob("eval/*/metrics.json")]
             scores = {c: m["accuracy"] for mm in metrics for c, m in mm["categories"].items()
                       if m["accuracy"] is not None}
-            calls = [a for c, a in scores.items() if "irrelevance" not in c]  # categories that expect a call
+            calls = [a for c, a in scores.items() if expects_call(c)]
             found[training["method"]] = {
                 "method_dir": method_dir, "gguf": next(iter(sorted(method_dir.glob("gguf/*.gguf"))), None),
                 "final": method_dir / training["checkpoint"],  # cycles keep theirs in cycle-k/<method>/final
