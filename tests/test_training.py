@@ -114,6 +114,32 @@ def test_head_only_loss_equals_the_full_logits_loss(tiny, model):
     torch.testing.assert_close(head_grad, full_grad, rtol=1e-4, atol=1e-6)
 
 
+def test_head_only_loss_trains_the_end_token_row_and_honours_disabled_adapters(tiny, model):
+    from peft import get_peft_model
+
+    tokenizer = tiny[1]
+    lora = training.train_end_token(training.default_lora(), tokenizer)
+    assert lora.trainable_token_indices == [tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+    peft_model = get_peft_model(model, lora)
+    with torch.no_grad():  # a trained row (peft starts it equal to the base row)
+        peft_model.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"].mul_(3.0)
+    trainer = training.trainer_classes()["sft"](
+        model=peft_model, args=_sft_config(output_dir="unused"), train_dataset=training.sft_dataset(ROWS),
+        processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    delta = peft_model.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"]
+
+    head = trainer.compute_loss(trainer.model, dict(batch))
+    head.backward()
+    assert delta.grad is not None and delta.grad.abs().sum() > 0  # every answer ends with <end_of_turn>
+    full = training.full_logits_loss(peft_model, batch)
+    assert head.item() == pytest.approx(full.item(), rel=1e-5)
+    with peft_model.disable_adapter():  # DPO's LoRA reference: the base model's own row
+        disabled = trainer.compute_loss(trainer.model, dict(batch))
+        assert disabled.item() == pytest.approx(training.full_logits_loss(peft_model, batch).item(), rel=1e-5)
+    assert disabled.item() != pytest.approx(head.item(), rel=1e-3)
+
+
 def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tiny_dir, model, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -137,10 +163,14 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
     with safe_open(final / "model.safetensors", "pt") as weights:  # one tied matrix, no adapter left
         keys = set(weights.keys())
     assert not any("lora" in k for k in keys) and not any(k.startswith("lm_head") for k in keys)
+    assert not any("token_adapter" in k for k in keys)
 
     # merge parity: the merged folder generates what base + adapter (from the last checkpoint) generates
     merged = AutoModelForCausalLM.from_pretrained(str(final))
     assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight
+    end_id = tokenizer.convert_tokens_to_ids("<end_of_turn>")  # train_end_token: the answers' end row learned
+    trained_rows = (merged.get_input_embeddings().weight != tiny[0].get_input_embeddings().weight).any(dim=1)
+    assert trained_rows.nonzero().flatten().tolist() == [end_id]
     base = _copy(tiny[0])  # the untrained weights (tests train copies)
     unmerged = PeftModel.from_pretrained(base, str(out / "checkpoints" / "checkpoint-6")).eval()
     prompt = tokenizer(data[0]["prompt"], return_tensors="pt")

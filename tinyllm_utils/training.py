@@ -151,14 +151,15 @@ def add_head_only_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32:
         else:
             labels = shift_labels
         lm_head = self.get_output_embeddings()
-        hidden, labels = hidden.to(lm_head.weight.device), labels.to(lm_head.weight.device)
+        weight, bias = _head_weight_and_bias(lm_head)
+        hidden, labels = hidden.to(weight.device), labels.to(weight.device)
         mask = labels != -100
         selected = hidden[mask]  # (answer tokens, hidden): the only rows that reach the 262k-wide head
         precision = contextlib.nullcontext()
         if cast_lm_head_to_fp32:
             selected, precision = selected.float(), torch.autocast(selected.device.type, enabled=False)
-        with precision, maybe_gather_lm_head_ctx(lm_head.weight, lm_head.bias):
-            per_token = ChunkedLogProbFunction.apply(selected, lm_head.weight, lm_head.bias, labels[mask], temperature,
+        with precision, maybe_gather_lm_head_ctx(weight, bias):
+            per_token = ChunkedLogProbFunction.apply(selected, weight, bias, labels[mask], temperature,
                                                       _CHUNKED_LOGPROB_CHUNK_SIZE, softcap, 1.0, outputs)
         # masked_scatter keeps an all-masked batch connected to the graph (a differentiable zero)
         log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1 = (
@@ -169,6 +170,13 @@ def add_head_only_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32:
                                    label_mask=mask, aux_loss=None)
 
     model.forward = types.MethodType(forward, model)
+
+
+def _head_weight_and_bias(lm_head):
+    """The output head's (weight, bias) as the model's forward uses them. Under peft's TrainableTokensWrapper
+    (train_end_token), `.weight` is the base weight with the trained rows merged in (the base weight alone while
+    adapters are disabled: DPO's LoRA reference) and the bias is the wrapped layer's."""
+    return lm_head.weight, getattr(lm_head, "original_module", lm_head).bias
 
 
 class _HeadOnly:
@@ -474,20 +482,35 @@ def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: Mode
     return result
 
 
-def _prepare(method: str, model, config, lora, train_ds, eval_ds, out_dir, spec):
+def train_end_token(lora, tokenizer):
+    """`lora` with the answers' end token (the tokenizer's EOS: `<end_of_turn>` for Gemma) made trainable, unless
+    it names its own `trainable_token_indices`. LoRA leaves the (tied) embedding frozen, and a base model's
+    `<end_of_turn>` row is untrained: measured on quick, LoRA SFT then ends a correct call with
+    `<end_of_turn>` at ~0.4 % probability, tied with unused tokens, so greedy decoding runs on into junk
+    (`[f(x=1)]eleSp[`). peft trains that one row (tied: input and output) and merges it like the adapter."""
+    end_id = getattr(tokenizer, "eos_token_id", None)
+    if lora is None or end_id is None or getattr(lora, "trainable_token_indices", None) is not None:
+        return lora
+    lora = copy.copy(lora)
+    lora.trainable_token_indices = [end_id]
+    return lora
+
+
+def _prepare(method: str, model, tokenizer, config, lora, train_ds, eval_ds, out_dir, spec):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = spec or getattr(model, "_tinyllm_spec", None)
     config.output_dir = str(out_dir / "checkpoints")
+    lora = train_end_token(lora, tokenizer)
     key = _run_key(method, config, lora, train_ds, eval_ds, spec)
-    return out_dir, spec, key
+    return out_dir, spec, key, lora
 
 
 def train_sft(model, tokenizer, train_ds, eval_ds, sft_config, lora=None, out_dir="sft", *, spec=None,
               stage_key=None, name=None) -> dict:
     """Supervised fine-tuning on prompt/completion rows (sft_dataset), loss on the completion only, full
     (lora=None) or LoRA (`default_lora()`); returns result.json's content (`path` = the final model)."""
-    out_dir, spec, key = _prepare("sft", model, sft_config, lora, train_ds, eval_ds, out_dir, spec)
+    out_dir, spec, key, lora = _prepare("sft", model, tokenizer, sft_config, lora, train_ds, eval_ds, out_dir, spec)
     done, work = _open(out_dir, key)
     if done is not None:
         return done
@@ -510,7 +533,7 @@ def train_dpo(model, tokenizer, train_ds, eval_ds, dpo_config, lora=None, out_di
     loss_weights), learning_rate: DPOConfig fields."""
     if _is_peft(model):  # TRL refuses a PeftModel with a new peft_config; the adapter is part of the start
         model = model.merge_and_unload()
-    out_dir, spec, key = _prepare("dpo", model, dpo_config, lora, train_ds, eval_ds, out_dir, spec)
+    out_dir, spec, key, lora = _prepare("dpo", model, tokenizer, dpo_config, lora, train_ds, eval_ds, out_dir, spec)
     done, work = _open(out_dir, key)
     if done is not None:
         return done
@@ -529,7 +552,7 @@ def train_grpo(model, tokenizer, train_ds, eval_ds, grpo_config, lora=None, out_
     LoRA, TRL builds one from the model's folder (load_for_training gives a loadable folder)."""
     if _is_peft(model):
         model = model.merge_and_unload()
-    out_dir, spec, key = _prepare("grpo", model, grpo_config, lora, train_ds, eval_ds, out_dir, spec)
+    out_dir, spec, key, lora = _prepare("grpo", model, tokenizer, grpo_config, lora, train_ds, eval_ds, out_dir, spec)
     done, work = _open(out_dir, key)
     if done is not None:
         return done
