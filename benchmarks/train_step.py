@@ -9,6 +9,8 @@ evaluation format. LoRA r 16 on all linear layers unless the variant says full f
   trl_default      TRL's SFTTrainer as shipped (its fused LM head scores every position off Triton)
   full_logits_*    the model's own loss on the full (B, T, 262k) logits (transformers' ForCausalLMLoss)
   head_only_*      the study's head-only loss (training.add_head_only_lm_head: answer positions only)
+  *_end_row        ... with the end-of-turn embedding row trained too (training.train_end_token), as the stages'
+                   LoRA runs do (dpo and grpo below too)
   full_ft_sft      head-only SFT, every weight trained (AdamW)
   dpo              head-only DPO step, LoRA (reference = adapter disabled), 2 pairs
   grpo             GRPO step, LoRA, 2 prompts x 2 generations of up to 40 tokens (generation dominates)
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 
 VARIANTS = ["trl_default", "full_logits_fp32", "full_logits_bf16", "head_only_fp32", "head_only_bf16",
-            "full_ft_sft", "dpo", "grpo"]
+            "head_only_fp32_end_row", "full_ft_sft", "dpo", "grpo"]
 FUNCTIONS = [{"name": f"tool_{i}", "description": f"Tool number {i}: looks things up in catalogue {i}.",
               "parameters": {"type": "dict", "properties": {
                   "query": {"type": "string", "description": "what to look up"},
@@ -106,6 +108,8 @@ def child(variant: str, steps: int, batch: int, prompt_tokens: int, answer_token
     rows = _rows(tokenizer, prompt_tokens, answer_tokens, batch * (steps + warmup))
     bf16 = variant.endswith("bf16")
     lora = None if variant == "full_ft_sft" else training.default_lora()
+    if variant.endswith("_end_row") or variant in ("dpo", "grpo"):  # as training.train_sft/dpo/grpo configure it
+        lora = training.train_end_token(lora, tokenizer)
     common = {"max_steps": steps + warmup, "per_device_train_batch_size": batch, "save_strategy": "no",
               "bf16": bf16, "logging_steps": 1, "max_length": prompt_tokens + answer_tokens + 8}
     timer = _Timer()
