@@ -34,7 +34,7 @@ FIRST_THREE = ["01_baseline_evaluation", "02_data_filtering", "03_pair_construct
 
 
 def test_every_stage_has_a_notebook_pair():
-    assert [p.stem for p in NOTEBOOKS] == list(STAGES)
+    assert [p.stem for p in NOTEBOOKS] == sorted(STAGES)  # numbered by topic; the analysis runs last
     assert not (NOTEBOOK_DIR / "build").exists()  # no notebooks generated from code held in strings
 
 
@@ -167,9 +167,15 @@ def test_upstream_change_reruns_exactly_the_stages_downstream(reference, tmp_pat
     out = capsys.readouterr().out
     assert "01_baseline_evaluation: skipped (done)" in out
     assert "02_data_filtering: rerun (max_distractors: 3 -> 2)" in out
-    assert "03_pair_construction: rerun (input 02_data_filtering changed)" in out
+    # everything computed from the old 02 is set aside at once, also the stages this call does not run
+    for later in ("03_pair_construction", "04_sft", "05_dpo", "06_hybrid", "07_analysis"):
+        assert f"02_data_filtering: {later} was computed from its previous results: set aside" in out
+    assert "03_pair_construction: run ->" in out
     stale = sorted(p.name for p in (root / "reference" / ".stale").iterdir())
-    assert [name.rsplit("-", 1)[0] for name in stale] == ["02_data_filtering", "03_pair_construction"]
+    assert [name.rsplit("-", 1)[0] for name in stale] == ["02_data_filtering", "03_pair_construction", "04_sft",
+                                                          "05_dpo", "06_hybrid", "07_analysis"]
+    assert sorted(p.name for p in (root / "reference").iterdir() if p.is_dir()) == [
+        ".stale", *FIRST_THREE]  # 04-07 wait for a rerun; nothing stale is left where a reader looks
 
 
 def _start(run_id: str, root: Path) -> subprocess.Popen:

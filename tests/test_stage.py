@@ -107,9 +107,32 @@ def test_profiles_inherit_and_only_list_changes():
 def test_stages_can_add_a_stage_the_profile_leaves_out():
     assert "08_edge_profile" not in pipeline.resolve_profile("smoke")["stages"]
     plan = pipeline.resolve_profile("smoke", include=["08_edge_profile"])["stages"]
-    assert list(plan)[-1] == "08_edge_profile" and plan["08_edge_profile"] == pipeline.default_parameters("08_edge_profile")
+    assert list(plan)[-2:] == ["08_edge_profile", "07_analysis"]  # the analysis reads the edge profile too
+    assert plan["08_edge_profile"] == pipeline.default_parameters("08_edge_profile")
     with pytest.raises(SystemExit, match="09_nothing"):
         pipeline.run_pipeline("smoke", run_id="x", stages=["09_nothing"], progress=False)
+
+
+def test_downstream_is_every_stage_computed_from_a_stage():
+    quick = pipeline.resolve_profile("quick")["stages"]
+    assert pipeline.downstream("02_data_filtering", quick) == [
+        "03_pair_construction", "04_sft", "05_dpo", "06_hybrid", "08_edge_profile", "07_analysis"]
+    assert pipeline.downstream("06_hybrid", quick) == ["08_edge_profile", "07_analysis"]
+    assert pipeline.stage_inputs("07_analysis", quick)[-1] == "08_edge_profile"
+    assert pipeline.downstream("07_analysis", quick) == []
+    # a leftover 08 of a smoke run (`--stages 08_edge_profile`) is stale too when 06 reruns
+    assert pipeline.downstream("06_hybrid", pipeline.resolve_profile("smoke")["stages"]) == [
+        "08_edge_profile", "07_analysis"]
+
+
+def test_set_aside_moves_a_folder_under_stale_and_keeps_its_files(tmp_path):
+    folder = tmp_path / "run" / "05_dpo"
+    (folder / "dpo").mkdir(parents=True)
+    (folder / "dpo" / "result.json").write_text("{}")
+    moved = stage.set_aside(folder)
+    assert not folder.exists() and moved.parent == tmp_path / "run" / ".stale"
+    assert (moved / "dpo" / "result.json").read_text() == "{}"
+    assert stage.set_aside(folder) is None
 
 
 def test_unknown_parameter_is_refused_with_its_name():

@@ -52,9 +52,11 @@ STAGES: dict[str, StageSpec] = {
                         ("01_baseline_evaluation", "03_pair_construction")),
     "06_hybrid": StageSpec("tinyllm_utils.training_stages:HybridStageConfig",
                            ("01_baseline_evaluation", "02_data_filtering", "03_pair_construction", "04_sft")),
-    "07_analysis": StageSpec("tinyllm_utils.analysis:AnalysisConfig", ("*",)),
     "08_edge_profile": StageSpec("tinyllm_utils.training_stages:EdgeStageConfig",
                                  ("01_baseline_evaluation", "04_sft", "05_dpo", "06_hybrid")),
+    # The analysis runs last, after the edge profile where a profile has one, so its tables and figures (and
+    # its key) cover every evaluation of the run.
+    "07_analysis": StageSpec("tinyllm_utils.analysis:AnalysisConfig", ("*",)),
 }
 
 
@@ -63,6 +65,15 @@ def stage_inputs(stage: str, plan) -> list[str]:
     if declared == ("*",):  # e.g. the analysis: whatever ran before it in this profile
         return [s for s in plan if s in STAGES and list(STAGES).index(s) < list(STAGES).index(stage)]
     return list(declared)
+
+
+def downstream(stage: str, plan) -> list[str]:
+    """The stages computed from `stage`'s results, directly or through others, in pipeline order."""
+    found = {stage}
+    for other in STAGES:  # STAGES lists every stage after the stages it reads
+        if other != stage and found & set(stage_inputs(other, plan)):
+            found.add(other)
+    return [s for s in STAGES if s in found and s != stage]
 
 
 def config_class(stage: str):
@@ -236,6 +247,12 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
             continue
         print(f"{prefix}: {work.describe()} -> {out}" + (f" (previous results in {work.moved_to})"
                                                          if work.moved_to else ""), flush=True)
+        # results computed from this stage's old ones no longer hold, even where this call does not rerun them:
+        # set them aside now, so that no reader (the analysis, `make figures`) mixes them with the new ones
+        for later in downstream(stage, plan):
+            moved = stage_lib.set_aside(run_root / later)
+            if moved:
+                print(f"{prefix}: {later} was computed from its previous results: set aside in {moved}", flush=True)
         start = time.time()
         papermill.execute_notebook(
             str(notebook_path(stage)), str(out / f"{stage}.ipynb"), parameters=dict(parameters, stage_dir=str(out)),

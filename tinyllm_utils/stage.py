@@ -154,13 +154,23 @@ def open_work(folder: str | Path, material: dict, on_mismatch: str = "move", for
     if on_mismatch == "refuse":
         raise ValueError(f"{folder} holds results made with other settings ({'; '.join(changes)}); "
                          "use another output folder or delete it")
+    moved_to = set_aside(folder)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / RUNNING, record)
+    return Work(folder, "rerun", key, record, changes, moved_to)
+
+
+def set_aside(folder: str | Path) -> Path | None:
+    """Move a folder of results that no longer hold to `.stale/<name>-<time>` beside it (nothing is deleted:
+    readers such as the analysis skip hidden folders). Returns where it went, or None when there was none."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     moved_to = folder.parent / ".stale" / f"{folder.name}-{stamp}"
     moved_to.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(folder), str(moved_to))
-    folder.mkdir(parents=True)
-    write_json_atomic(folder / RUNNING, record)
-    return Work(folder, "rerun", key, record, changes, moved_to)
+    return moved_to
 
 
 def finish_work(work: Work, **extra) -> dict:
