@@ -34,11 +34,14 @@ def sample_prompts(entries: int, seed: int) -> list[str]:
     return [entry_prompt(e.entry, resolve_model("gemma-3-270m")) for e in examples]
 
 
-def timed(backend, prompts: list[str]) -> tuple[float, list]:
+def timed(backend, prompts: list[str], what: str) -> tuple[float, list]:
     backend.generate(prompts[:1])  # warm-up (first-call allocations, connection)
     start = time.perf_counter()
     generations = backend.generate(prompts)
-    return time.perf_counter() - start, generations
+    seconds = time.perf_counter() - start
+    # each configuration as it finishes: every one generates up to max_new_tokens per entry (minutes on 2 cores)
+    print(f"{what}: {len(prompts)} entries in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return seconds, generations
 
 
 def main() -> None:
@@ -61,8 +64,9 @@ def main() -> None:
     prompts = sample_prompts(args.entries, args.seed)
     rows = []
     local = LlamaCppBackend(spec, max_new_tokens=args.max_new_tokens, n_ctx=4096, n_threads=args.threads)
-    seconds, reference = timed(local, prompts)
-    rows.append({"configuration": f"in-process llama.cpp ({args.threads} threads)", "seconds": seconds,
+    configuration = f"in-process llama.cpp ({args.threads} threads)"
+    seconds, reference = timed(local, prompts, configuration)
+    rows.append({"configuration": configuration, "seconds": seconds,
                  "tokens": sum(g.completion_tokens for g in reference), "identical": "-"})
     local.llm.close()
 
@@ -77,9 +81,10 @@ def main() -> None:
         for concurrency in args.concurrency:
             backend = OpenAICompatBackend(spec, max_new_tokens=args.max_new_tokens, base_url=base_url,
                                           model=args.model, concurrency=concurrency)
-            seconds, generations = timed(backend, prompts)
+            configuration = f"server, concurrency {concurrency}"
+            seconds, generations = timed(backend, prompts, configuration)
             same = sum(a.text == b.text for a, b in zip(generations, reference))
-            rows.append({"configuration": f"server, concurrency {concurrency}", "seconds": seconds,
+            rows.append({"configuration": configuration, "seconds": seconds,
                          "tokens": sum(g.completion_tokens for g in generations),
                          "identical": f"{same}/{len(prompts)}", "retries": backend.retries_used})
             backend.close()
