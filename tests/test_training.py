@@ -121,13 +121,13 @@ def test_head_only_loss_trains_the_end_token_row_and_honours_disabled_adapters(t
     lora = training.train_end_token(training.default_lora(), tokenizer)
     assert lora.trainable_token_indices == [tokenizer.convert_tokens_to_ids("<end_of_turn>")]
     peft_model = get_peft_model(model, lora)
+    delta = peft_model.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"]
     with torch.no_grad():  # a trained row (peft starts it equal to the base row)
-        peft_model.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"].mul_(3.0)
+        delta.mul_(3.0)
     trainer = training.trainer_classes()["sft"](
         model=peft_model, args=_sft_config(output_dir="unused"), train_dataset=training.sft_dataset(ROWS),
         processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
-    delta = peft_model.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"]
 
     head = trainer.compute_loss(trainer.model, dict(batch))
     head.backward()
