@@ -87,6 +87,28 @@ def test_every_target_is_accepted_by_bfcl_checker(rows):
             assert not score_single_turn(row_example(record), "[nothing_offered(x=1)]")["valid"]
 
 
+def _float_arguments(rows):
+    values = []
+    for row in rows:
+        docs = {d["name"]: d for d in row["functions"]}
+        for call in row["target"]:
+            (name, args), = call.items()
+            properties = docs[name]["parameters"]["properties"]
+            values += [v for p, v in args.items() if properties[p]["type"] == "float"]
+    return values
+
+
+def test_integral_floats_are_written_as_ints_and_accepted(rows):
+    assert all(isinstance(v, float) for v in _float_arguments(rows))  # the default keeps decimals only
+    whole = build_rows(ApiSourceConfig(rows=200, integral_floats=0.5))
+    values = _float_arguments(whole)
+    ints = [v for v in values if isinstance(v, int)]
+    assert 0.3 * len(values) <= len(ints) <= 0.7 * len(values)
+    checked, rejected = apply_check([dict(r) for r in whole], "checker_accepts")
+    assert not rejected, rejected[:2]
+    assert any(str(v) in r["messages"][0]["content"] for r in whole for v in ints)  # said as written
+
+
 def test_mix_and_distinct_functions(rows):
     kinds = {k: sum(r["api_kind"] == k for r in rows) for k in api_source.KINDS}
     assert kinds == {"simple": 180, "multiple": 120, "parallel": 90, "parallel_multiple": 90, "irrelevance": 120}

@@ -66,6 +66,7 @@ class ApiSourceConfig:
     max_offered: int = 4  # functions offered in multiple / parallel_multiple / irrelevance rows
     exclude_bfcl_functions: bool = True  # leave out functions whose name a scored BFCL category offers
     family_size: int = 12  # functions called / offered together come from one seeded group of this size
+    integral_floats: float = 0.0  # share of float arguments given a whole value, written as an int ("45")
 
     def __post_init__(self):
         unknown = set(self.mix) - set(KINDS)
@@ -218,13 +219,15 @@ def collect_functions(modules=DEFAULT_MODULES, exclude=frozenset()) -> list[dict
 # ---------------------------------------------------------------- values and request text
 
 
-def sample_value(schema: dict, rng: random.Random, name: str = ""):
+def sample_value(schema: dict, rng: random.Random, name: str = "", integral_floats: float = 0.0):
     kind = schema["type"]
     if "enum" in schema:
         return rng.choice(schema["enum"])
     if kind == "integer" and name.startswith("axis"):
         return rng.randint(0, 1)
-    if kind == "integer":
+    if kind == "integer" or (kind == "float" and integral_floats and rng.random() < integral_floats):
+        # whole numbers are written as people say them ("45"), also for a float parameter (bfcl's checker takes
+        # an int there): with only decimals the model learns to write 45.0 where BFCL declares an integer
         return rng.choice([rng.randint(1, 12), rng.randint(2, 100), rng.randint(100, 5000)])
     if kind == "float":
         return round(rng.choice([rng.uniform(0.1, 10), rng.uniform(1, 1000)]), rng.choice([1, 2]))
@@ -281,11 +284,11 @@ def _intent(doc: dict) -> str:
     return " ".join([_VERBS.get(first, first)] + words[1:])
 
 
-def _call(doc: dict, rng: random.Random) -> tuple[dict, str]:
+def _call(doc: dict, rng: random.Random, integral_floats: float = 0.0) -> tuple[dict, str]:
     """A call of `doc` with sampled values (required arguments plus some optional ones) and its spoken args."""
     properties, required = doc["parameters"]["properties"], doc["parameters"]["required"]
     chosen = [p for p in properties if p in required or rng.random() < 0.25]
-    args = {p: sample_value(properties[p], rng, p) for p in chosen}
+    args = {p: sample_value(properties[p], rng, p, integral_floats) for p in chosen}
     phrases = [_arg_phrase(p, properties[p], v, rng) for p, v in args.items()]
     return {doc["name"]: args}, _join(phrases, rng)
 
@@ -329,13 +332,13 @@ def _unrelated(doc: dict, pool: list[dict], k: int, rng: random.Random) -> list[
 
 
 def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_offered: int,
-             family: list[dict] | None = None) -> dict | None:
+             family: list[dict] | None = None, integral_floats: float = 0.0) -> dict | None:
     """One row of `kind` built around docs[index]. Functions that are called together (parallel_multiple) or
     offered together without a call (irrelevance) come from `family`, a fixed group of docs: stage 02 keeps
     functions linked that way in one split, and links across all docs would leave a single group."""
     doc, family = docs[index], family or docs
     if kind in ("simple", "multiple", "irrelevance"):
-        call, args = _call(doc, rng)
+        call, args = _call(doc, rng, integral_floats)
         text = _sentence(rng.choice(_SINGLE), doc, args)
         if kind == "simple":
             functions, target = [doc], [call]
@@ -346,7 +349,7 @@ def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_of
                 return None
             functions, target = ([doc] + extra, [call]) if kind == "multiple" else (extra, [])
     elif kind == "parallel":
-        calls = [_call(doc, rng) for _ in range(rng.randint(2, 3))]
+        calls = [_call(doc, rng, integral_floats) for _ in range(rng.randint(2, 3))]
         text = " ".join([_sentence(rng.choice(_SINGLE), doc, calls[0][1])]
                         + [rng.choice(_AGAIN).format(args=args) for _, args in calls[1:]])
         functions, target = [doc], [c for c, _ in calls]
@@ -357,7 +360,7 @@ def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_of
         if not others:
             return None
         chosen = [doc] + others
-        calls = [_call(d, rng) for d in chosen]
+        calls = [_call(d, rng, integral_floats) for d in chosen]
         text = " ".join([_sentence(rng.choice(_SINGLE), chosen[0], calls[0][1])]
                         + [_sentence(rng.choice(_MORE), d, args) for d, (_, args) in zip(chosen[1:], calls[1:])])
         extra = _unrelated(doc, [d for d in docs if d not in chosen], max(0, max_offered - len(chosen)), rng) \
@@ -398,7 +401,7 @@ def build_rows(config: ApiSourceConfig | None = None) -> list[dict]:
                 order = list(range(len(docs)))
                 rng.shuffle(order)
             index = order.pop()
-            row = make_row(kind, docs, index, rng, config.max_offered, family_of[index])
+            row = make_row(kind, docs, index, rng, config.max_offered, family_of[index], config.integral_floats)
             if row is not None:
                 rows.append(row)
                 made += 1
