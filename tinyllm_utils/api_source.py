@@ -66,7 +66,7 @@ class ApiSourceConfig:
     max_offered: int = 4  # functions offered in multiple / parallel_multiple / irrelevance rows
     exclude_bfcl_functions: bool = True  # leave out functions whose name a scored BFCL category offers
     family_size: int = 12  # functions called / offered together come from one seeded group of this size
-    integral_floats: float = 0.0  # share of float arguments given a whole value, written as an int ("45")
+    integral_floats: float = 0.0  # share of float arguments given a whole value written as an int; 0 draws nothing
 
     def __post_init__(self):
         unknown = set(self.mix) - set(KINDS)
@@ -226,8 +226,8 @@ def sample_value(schema: dict, rng: random.Random, name: str = "", integral_floa
     if kind == "integer" and name.startswith("axis"):
         return rng.randint(0, 1)
     if kind == "integer" or (kind == "float" and integral_floats and rng.random() < integral_floats):
-        # whole numbers are written as people say them ("45"), also for a float parameter (bfcl's checker takes
-        # an int there): with only decimals the model learns to write 45.0 where BFCL declares an integer
+        # a whole number is written as an int ("45"), also for a float parameter (bfcl's checker takes an int
+        # there); at integral_floats 0.3 the SFT model copied units too ("mass=45 kg"): README, "Training"
         return rng.choice([rng.randint(1, 12), rng.randint(2, 100), rng.randint(100, 5000)])
     if kind == "float":
         return round(rng.choice([rng.uniform(0.1, 10), rng.uniform(1, 1000)]), rng.choice([1, 2]))
