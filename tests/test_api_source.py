@@ -3,6 +3,7 @@
 import inspect
 import json
 import math
+import re
 import textwrap
 
 import numpy as np
@@ -107,6 +108,24 @@ def test_integral_floats_are_written_as_ints_and_accepted(rows):
     checked, rejected = apply_check([dict(r) for r in whole], "checker_accepts")
     assert not rejected, rejected[:2]
     assert any(str(v) in r["messages"][0]["content"] for r in whole for v in ints)  # said as written
+
+
+def test_natural_requests_never_name_a_parameter_or_function(rows):
+    """BFCL's requests say what a value means ("a base of 10"), not `base = 10`; the default keeps the names."""
+    def named(row):
+        text = row["messages"][0]["content"]
+        params = {p for call in row["target"] for args in call.values() for p in args}
+        # the templates of named values: "x = 1", "x=1", "x set to 1", "1 as x", "the value (x) 1"
+        return any(re.search(rf"\b{p} ?=|\({p}\)|\b{p} set to|\bas {p}(?=[,;.]|$| and )", text) for p in params) \
+            or any(d["name"] in text for d in row["functions"])
+
+    assert sum(map(named, rows)) > 0.5 * len(rows)
+    natural = build_rows(ApiSourceConfig(rows=200, natural_requests=1.0))
+    assert len(natural) == 200 and not [r["messages"][0]["content"] for r in natural if named(r)][:2]
+    checked, rejected = apply_check([dict(r) for r in natural], "checker_accepts")
+    assert not rejected, rejected[:2]
+    half = build_rows(ApiSourceConfig(rows=200, natural_requests=0.5))
+    assert 0.3 * len(half) <= sum(not named(r) for r in half) <= 0.7 * len(half)
 
 
 def test_mix_and_distinct_functions(rows):

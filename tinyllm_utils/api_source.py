@@ -67,6 +67,9 @@ class ApiSourceConfig:
     exclude_bfcl_functions: bool = True  # leave out functions whose name a scored BFCL category offers
     family_size: int = 12  # functions called / offered together come from one seeded group of this size
     integral_floats: float = 0.0  # share of float arguments given a whole value written as an int; 0 draws nothing
+    # share of rows whose request says values the way BFCL's do ("a base of 10"), not by parameter name
+    # ("base = 10"), and never names the function; 0 draws nothing
+    natural_requests: float = 0.0
 
     def __post_init__(self):
         unknown = set(self.mix) - set(KINDS)
@@ -243,21 +246,28 @@ def sample_value(schema: dict, rng: random.Random, name: str = "", integral_floa
     raise ValueError(f"no sampler for type {kind!r}")
 
 
-def _say(value, rng: random.Random) -> str:
+def _say(value, rng: random.Random, natural: bool = False) -> str:
     if isinstance(value, bool):
         return rng.choice(["true", "True"]) if value else rng.choice(["false", "False"])
     if isinstance(value, str):
+        if natural and " " not in value and rng.random() < 0.5:
+            return value  # a single word needs no quotes in a sentence ("the weather in Boston")
         return rng.choice(["'{}'", '"{}"']).format(value)
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return str(value)
 
 
-def _arg_phrase(name: str, schema: dict, value, rng: random.Random) -> str:
-    said = _say(value, rng)
+def _arg_phrase(name: str, schema: dict, value, rng: random.Random, natural: bool = False) -> str:
+    said = _say(value, rng, natural)
     noun = schema.get("description", "").rstrip(".")
     if noun.lower() == f"the {name.replace('_', ' ')}":  # the fallback description says nothing new
         noun = ""
+    if natural:  # the value named by what the parameter means, as BFCL's requests do; never by its name
+        if not 3 <= len(noun) <= 60 or noun.lower().startswith(("if ", "whether", "when ")):
+            noun = "the " + name.replace("_", " ")
+        noun = noun[0].lower() + noun[1:]
+        return rng.choice([f"{noun} {said}", f"{noun} of {said}", f"{said} for {noun}", f"{noun}: {said}"])
     options = [f"{name} = {said}", f"{name} set to {said}", f"{said} as {name}", f"{name}={said}"]
     if 3 <= len(noun) <= 60 and not noun.lower().startswith(("if ", "whether", "when ")):
         options.append(f"{noun[0].lower() + noun[1:]} ({name}) {said}")
@@ -284,12 +294,12 @@ def _intent(doc: dict) -> str:
     return " ".join([_VERBS.get(first, first)] + words[1:])
 
 
-def _call(doc: dict, rng: random.Random, integral_floats: float = 0.0) -> tuple[dict, str]:
+def _call(doc: dict, rng: random.Random, integral_floats: float = 0.0, natural: bool = False) -> tuple[dict, str]:
     """A call of `doc` with sampled values (required arguments plus some optional ones) and its spoken args."""
     properties, required = doc["parameters"]["properties"], doc["parameters"]["required"]
     chosen = [p for p in properties if p in required or rng.random() < 0.25]
     args = {p: sample_value(properties[p], rng, p, integral_floats) for p in chosen}
-    phrases = [_arg_phrase(p, properties[p], v, rng) for p, v in args.items()]
+    phrases = [_arg_phrase(p, properties[p], v, rng, natural) for p, v in args.items()]
     return {doc["name"]: args}, _join(phrases, rng)
 
 
@@ -332,14 +342,21 @@ def _unrelated(doc: dict, pool: list[dict], k: int, rng: random.Random) -> list[
 
 
 def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_offered: int,
-             family: list[dict] | None = None, integral_floats: float = 0.0) -> dict | None:
+             family: list[dict] | None = None, integral_floats: float = 0.0,
+             natural_requests: float = 0.0) -> dict | None:
     """One row of `kind` built around docs[index]. Functions that are called together (parallel_multiple) or
     offered together without a call (irrelevance) come from `family`, a fixed group of docs: stage 02 keeps
     functions linked that way in one split, and links across all docs would leave a single group."""
     doc, family = docs[index], family or docs
+    natural = bool(natural_requests) and rng.random() < natural_requests
+    single = [t for t in _SINGLE if "{name}" not in t] if natural else _SINGLE
+
+    def call(d):
+        return _call(d, rng, integral_floats, natural)
+
     if kind in ("simple", "multiple", "irrelevance"):
-        call, args = _call(doc, rng, integral_floats)
-        text = _sentence(rng.choice(_SINGLE), doc, args)
+        call, args = call(doc)
+        text = _sentence(rng.choice(single), doc, args)
         if kind == "simple":
             functions, target = [doc], [call]
         else:
@@ -349,8 +366,8 @@ def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_of
                 return None
             functions, target = ([doc] + extra, [call]) if kind == "multiple" else (extra, [])
     elif kind == "parallel":
-        calls = [_call(doc, rng, integral_floats) for _ in range(rng.randint(2, 3))]
-        text = " ".join([_sentence(rng.choice(_SINGLE), doc, calls[0][1])]
+        calls = [call(doc) for _ in range(rng.randint(2, 3))]
+        text = " ".join([_sentence(rng.choice(single), doc, calls[0][1])]
                         + [rng.choice(_AGAIN).format(args=args) for _, args in calls[1:]])
         functions, target = [doc], [c for c, _ in calls]
         if len({json.dumps(c, sort_keys=True) for c in target}) < len(target):
@@ -360,8 +377,8 @@ def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_of
         if not others:
             return None
         chosen = [doc] + others
-        calls = [_call(d, rng, integral_floats) for d in chosen]
-        text = " ".join([_sentence(rng.choice(_SINGLE), chosen[0], calls[0][1])]
+        calls = [call(d) for d in chosen]
+        text = " ".join([_sentence(rng.choice(single), chosen[0], calls[0][1])]
                         + [_sentence(rng.choice(_MORE), d, args) for d, (_, args) in zip(chosen[1:], calls[1:])])
         extra = _unrelated(doc, [d for d in docs if d not in chosen], max(0, max_offered - len(chosen)), rng) \
             if rng.random() < 0.5 else []
@@ -401,7 +418,8 @@ def build_rows(config: ApiSourceConfig | None = None) -> list[dict]:
                 order = list(range(len(docs)))
                 rng.shuffle(order)
             index = order.pop()
-            row = make_row(kind, docs, index, rng, config.max_offered, family_of[index], config.integral_floats)
+            row = make_row(kind, docs, index, rng, config.max_offered, family_of[index], config.integral_floats,
+                           config.natural_requests)
             if row is not None:
                 rows.append(row)
                 made += 1
