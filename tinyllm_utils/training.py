@@ -476,7 +476,7 @@ def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: Mode
                       global_step=trainer.state.global_step, train_metrics=train_output.metrics,
                       final_metrics={k: float(curves[k].dropna().iloc[-1]) for k in STEP_CURVES
                                      if k in curves and curves[k].notna().any()},
-                      run_key=key, curves=str(out_dir / "curves.csv"), **extra)
+                      run_key=key, curves=str(out_dir / "curves.csv"), rows=len(trainer.train_dataset), **extra)
     write_json_atomic(out_dir / "result.json", result)
     finish_work(work)  # the completion marker, last
     return result

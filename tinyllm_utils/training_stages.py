@@ -151,7 +151,9 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     training = {"method": label, "parent": parent, "checkpoint": str(final.relative_to(method_dir)),
                 "seconds": result["seconds"], "steps": result.get("global_step"),
                 "tokens_seen": tokens, "tokens_per_s": (tokens / result["seconds"]) if tokens else None,
-                "train_metrics": result.get("train_metrics"), "curves": result.get("curves")}
+                "train_metrics": result.get("train_metrics"), "curves": result.get("curves"),
+                # rows trained; SFT leaves out rows longer than max_length (quick: 112 of 400 sampled)
+                "rows": result.get("rows"), "dropped_too_long": result.get("dropped_too_long")}
     write_json_atomic(method_dir / "training.json", training)
     model = str(final)
     if protocol.backend == "llama_cpp":
@@ -265,7 +267,8 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
 
 
 def summary_table(results: dict[str, dict]):
-    """One row per trained model: training seconds, tokens/s and per-category accuracy (%, with n)."""
+    """One row per trained model: rows trained (and left out as longer than max_length), training seconds,
+    tokens/s and per-category accuracy (%, with n)."""
     import pandas as pd
 
     rows = []
@@ -273,7 +276,9 @@ def summary_table(results: dict[str, dict]):
         if "metrics" not in result:
             rows.append({"method": label, "note": result.get("skipped")})
             continue
-        row = {"method": label, "training s": round(result["training"]["seconds"], 1),
+        row = {"method": label, "rows": result["training"].get("rows"),
+               "dropped (too long)": result["training"].get("dropped_too_long"),
+               "training s": round(result["training"]["seconds"], 1),
                "tokens/s": result["training"]["tokens_per_s"] and round(result["training"]["tokens_per_s"], 1)}
         for category, m in result["metrics"]["categories"].items():
             row[category] = None if m["accuracy"] is None else f"{100 * m['accuracy']:.0f} % (n {m['n']})"
