@@ -351,11 +351,11 @@ def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_of
     natural = bool(natural_requests) and rng.random() < natural_requests
     single = [t for t in _SINGLE if "{name}" not in t] if natural else _SINGLE
 
-    def call(d):
+    def spoken_call(d):
         return _call(d, rng, integral_floats, natural)
 
     if kind in ("simple", "multiple", "irrelevance"):
-        call, args = call(doc)
+        call, args = spoken_call(doc)
         text = _sentence(rng.choice(single), doc, args)
         if kind == "simple":
             functions, target = [doc], [call]
@@ -366,7 +366,7 @@ def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_of
                 return None
             functions, target = ([doc] + extra, [call]) if kind == "multiple" else (extra, [])
     elif kind == "parallel":
-        calls = [call(doc) for _ in range(rng.randint(2, 3))]
+        calls = [spoken_call(doc) for _ in range(rng.randint(2, 3))]
         text = " ".join([_sentence(rng.choice(single), doc, calls[0][1])]
                         + [rng.choice(_AGAIN).format(args=args) for _, args in calls[1:]])
         functions, target = [doc], [c for c, _ in calls]
@@ -377,7 +377,7 @@ def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_of
         if not others:
             return None
         chosen = [doc] + others
-        calls = [call(d) for d in chosen]
+        calls = [spoken_call(d) for d in chosen]
         text = " ".join([_sentence(rng.choice(single), chosen[0], calls[0][1])]
                         + [_sentence(rng.choice(_MORE), d, args) for d, (_, args) in zip(chosen[1:], calls[1:])])
         extra = _unrelated(doc, [d for d in docs if d not in chosen], max(0, max_offered - len(chosen)), rng) \
