@@ -261,16 +261,16 @@ def _say(value, rng: random.Random, natural: bool = False) -> str:
 def _arg_phrase(name: str, schema: dict, value, rng: random.Random, natural: bool = False) -> str:
     said = _say(value, rng, natural)
     noun = schema.get("description", "").rstrip(".")
-    if noun.lower() == f"the {name.replace('_', ' ')}":  # the fallback description says nothing new
-        noun = ""
+    # a short noun phrase, not the fallback description (it says nothing new) nor a condition ("If true, ...")
+    usable = 3 <= len(noun) <= 60 and noun.lower() != f"the {name.replace('_', ' ')}" \
+        and not noun.lower().startswith(("if ", "whether", "when "))
+    noun = noun[0].lower() + noun[1:] if usable else ""
     if natural:  # the value named by what the parameter means, as BFCL's requests do; never by its name
-        if not 3 <= len(noun) <= 60 or noun.lower().startswith(("if ", "whether", "when ")):
-            noun = "the " + name.replace("_", " ")
-        noun = noun[0].lower() + noun[1:]
+        noun = noun or "the " + name.replace("_", " ")
         return rng.choice([f"{noun} {said}", f"{noun} of {said}", f"{said} for {noun}", f"{noun}: {said}"])
     options = [f"{name} = {said}", f"{name} set to {said}", f"{said} as {name}", f"{name}={said}"]
-    if 3 <= len(noun) <= 60 and not noun.lower().startswith(("if ", "whether", "when ")):
-        options.append(f"{noun[0].lower() + noun[1:]} ({name}) {said}")
+    if noun:
+        options.append(f"{noun} ({name}) {said}")
     return rng.choice(options)
 
 
