@@ -182,7 +182,9 @@ def test_upstream_change_reruns_exactly_the_stages_downstream(reference, tmp_pat
 
 
 def _start(run_id: str, root: Path) -> subprocess.Popen:
-    env = dict(os.environ, TINYLLM_OUTPUTS=str(root), PYTHONUNBUFFERED="1")
+    # a killed kernel's sockets and connection file stay behind: in the test's folder, not the user's
+    env = dict(os.environ, TINYLLM_OUTPUTS=str(root), PYTHONUNBUFFERED="1",
+               JUPYTER_RUNTIME_DIR=str(root / "jupyter-runtime"))
     return subprocess.Popen([sys.executable, "-m", "tinyllm_utils.pipeline", "--profile", "smoke", "--run-id", run_id,
                              "--stages", *FIRST_THREE],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -221,6 +223,7 @@ def _lines(path: Path) -> int:
 def test_sigkill_mid_stage_01_and_mid_stage_03_then_resume_gives_identical_results(reference, tmp_path):
     root = tmp_path / "outputs"
     run = root / "killed"
+    in_checkout_before = set(PROJECT_ROOT.glob("kernel-ipc-*"))
     first_category = SMOKE["01_baseline_evaluation"]["categories"][1]  # one category finished, the next started
     _kill_when(_start("killed", root),
                lambda: _lines(run / "01_baseline_evaluation/gemma-3-270m/predictions" / f"{first_category}.jsonl") >= 1,
@@ -244,3 +247,4 @@ def test_sigkill_mid_stage_01_and_mid_stage_03_then_resume_gives_identical_resul
     for name in FIRST_THREE:
         assert json.loads((run / name / "stage.json").read_text())["key"] == \
             json.loads((reference / name / "stage.json").read_text())["key"]
+    assert set(PROJECT_ROOT.glob("kernel-ipc-*")) == in_checkout_before  # the killed kernels left nothing here

@@ -203,11 +203,22 @@ def open_stage(run_root: Path, stage: str, parameters: dict, plan) -> "stage_lib
 def local_kernel_manager():
     """A Jupyter kernel manager whose sockets are local files (IPC), not TCP ports: nothing of the notebook's
     kernel listens on the network, and ipykernel has no "running over TCP without encryption" to warn about."""
+    import uuid
+
     from jupyter_client.manager import KernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import CaselessStrEnum
 
     class LocalKernelManager(KernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        def _ip_default(self) -> str:
+            # jupyter_client's default, "kernel-ipc", is relative to the kernel's cwd (the project root), so a
+            # killed run left its sockets in the checkout; Jupyter's runtime folder is where its connection
+            # files already go (and where a killed kernel's leftovers belong)
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True)
+            return str(runtime / f"tinyllm-{uuid.uuid4().hex[:12]}-ipc")
 
     return LocalKernelManager
 
