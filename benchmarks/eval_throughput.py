@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ def measure(backend_name: str, batch_size: int, entries: int, max_new_tokens: in
             early_stop: bool) -> dict:
     from tinyllm_utils.backends import make_backend
     from tinyllm_utils.registry import resolve_model
+    from tinyllm_utils.results import peak_rss_mb
 
     prompts = sample_prompts(entries, seed)
     start = time.perf_counter()
@@ -48,7 +48,7 @@ def measure(backend_name: str, batch_size: int, entries: int, max_new_tokens: in
             "load_s": round(load_seconds, 1), "seconds": round(seconds, 2),
             "entries_per_s": round(len(prompts) / seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
             "s_per_entry": round(seconds / len(prompts), 2), "generated_tokens": tokens,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "peak_rss_mb": round(peak_rss_mb() or 0),
             "non_live_minutes": round(NON_LIVE_ENTRIES * seconds / len(prompts) / 60, 1)}
 
 

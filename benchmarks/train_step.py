@@ -15,7 +15,7 @@ evaluation format. LoRA r 16 on all linear layers unless the variant says full f
   dpo              head-only DPO step, LoRA (reference = adapter disabled), 2 pairs
   grpo             GRPO step, LoRA, 2 prompts x 2 generations of up to 40 tokens (generation dominates)
 
-Each variant runs in its own process (peak RSS from os.wait4's rusage of that child); a step's time is the
+Each variant runs in its own process (peak RSS: that child's VmHWM, see results.peak_rss_mb); a step's time is the
 median over `--steps` measured steps after `--warmup` untimed ones (default 1). tokens/s counts every token of the batch
 (prompt + answer; for GRPO prompt + generated). The CPU is shared with other jobs: figures are pessimistic.
 """
@@ -102,6 +102,7 @@ def child(variant: str, steps: int, batch: int, prompt_tokens: int, answer_token
     from trl import SFTTrainer
 
     from tinyllm_utils import training
+    from tinyllm_utils.results import peak_rss_mb
 
     torch.manual_seed(0)
     model, tokenizer = training.load_for_training("gemma-3-270m")
@@ -153,7 +154,7 @@ def child(variant: str, steps: int, batch: int, prompt_tokens: int, answer_token
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"variant": variant, "seconds_per_step": seconds, "tokens_per_s": tokens_per_step / seconds,
             "steps_timed": len(measured), "first_loss": losses[0] if losses else None,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "peak_rss_gb": (peak_rss_mb() or 0) / 1024}
 
 
 def run_variant(variant: str, args) -> dict:
@@ -165,14 +166,13 @@ def run_variant(variant: str, args) -> dict:
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak RSS
+        status = proc.wait()
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if os.waitstatus_to_exitcode(status) or not lines:
+    if status or not lines:
         return {"variant": variant, "error": (stderr.strip().splitlines() or ["?"])[-1][:200]}
     result = json.loads(lines[-1])
-    result["peak_rss_gb"] = usage.ru_maxrss / 1024 ** 2  # KiB on Linux
     result["wall_s"] = time.perf_counter() - start
     return result
 

@@ -8,7 +8,10 @@ the profile test runs one tiny profile in a subprocess. Both take seconds on 2 c
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -178,3 +181,13 @@ def test_outputs_from_partial_results(tmp_path):
     outputs = edge.write_edge_outputs(table, tmp_path / "out")
     assert outputs["table"].loc[0, "accuracy"] == 0.5 and not outputs["table"]["pareto"].any()
     assert outputs["recommendation"].loc[0, "quantization"] is None
+
+
+def test_a_profile_process_reports_its_own_peak_memory_not_its_parents():
+    # getrusage's ru_maxrss in a fork + exec'd child starts at the parent's resident size: 08 once reported
+    # the notebook kernel's 1.8 GB as the peak of every variant
+    ballast = np.ones(2**30 // 8)  # 1 GiB resident in this process when the child is started
+    code = "from tinyllm_utils.results import peak_rss_mb; print(peak_rss_mb())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    del ballast
+    assert 0 < float(child.stdout) < 256  # an interpreter and one small module

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinyllm_utils.data import expects_call
-from tinyllm_utils.results import hardware, read_jsonl, write_json_atomic
+from tinyllm_utils.results import current_rss_mb, hardware, peak_rss_mb, read_jsonl, write_json_atomic
 
 # pandas, matplotlib, torch are imported where used: a profiling process should hold only llama.cpp.
 if TYPE_CHECKING:
@@ -191,18 +190,6 @@ def _spread(values: list[float]) -> dict:
             "max": round(max(values), 4), "runs": len(values)}
 
 
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: kB
-
-
-def _current_rss_mb() -> float | None:
-    try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
-        return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, StopIteration):
-        return None
-
-
 def _profile_gguf_in_process(gguf: str, prompts: dict[str, str], threads: int, runs: int, decode_tokens: int,
                              max_new_tokens: int, n_ctx: int, prefix_prompts: list[str]) -> dict:
     from tinyllm_utils.backends import LlamaCppBackend
@@ -211,7 +198,7 @@ def _profile_gguf_in_process(gguf: str, prompts: dict[str, str], threads: int, r
     import llama_cpp
 
     spec = resolve_model(gguf)
-    baseline_rss = _current_rss_mb()  # the interpreter and imports, before any model: subtract to compare
+    baseline_rss = current_rss_mb()  # the interpreter and imports, before any model: subtract to compare
     rows: dict[str, dict[str, list]] = {k: {} for k in prompts}
     load, backend = [], None
     cold, warm = [], []
@@ -265,7 +252,7 @@ def _profile_gguf_in_process(gguf: str, prompts: dict[str, str], threads: int, r
             "prefix_reuse": {"entries": len(prefix_prompts), "shared_prefix_tokens": shared,
                              "cold_s_per_entry": _spread(cold), "reuse_s_per_entry": _spread(warm),
                              "saved_fraction": round(1 - statistics.median(warm) / statistics.median(cold), 4)},
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _common_prefix_tokens(token_lists: list[list[int]]) -> int:
@@ -282,7 +269,7 @@ def _profile_transformers_in_process(source: str, dtype: str, prompts: dict[str,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
-    baseline_rss = _current_rss_mb()
+    baseline_rss = current_rss_mb()
     rows: dict[str, dict[str, list]] = {k: {} for k in prompts}
     load = []
     for _ in range(runs):
@@ -319,7 +306,7 @@ def _profile_transformers_in_process(source: str, dtype: str, prompts: dict[str,
     return {"runtime": "transformers", "transformers": transformers.__version__, "torch": torch.__version__,
             "source": source, "dtype": dtype, "n_threads": threads, "baseline_rss_mb": baseline_rss, "weights_mb": round(weights_mb, 1),
             "load_s": _spread(load), "prompts": {k: {f: _spread(v) for f, v in r.items()} for k, r in rows.items()},
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _run_profile_subprocess(job: dict, timeout_s: float | None) -> dict:
