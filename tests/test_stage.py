@@ -174,8 +174,6 @@ def test_pipeline_json_records_the_resolved_parameters(tmp_path):
     assert recorded["git"]["commit"] and recorded["hardware"]["cpu_count"]
 
 
-
-
 def test_notebook_kernel_sockets_live_outside_the_checkout(tmp_path, monkeypatch):
     # jupyter_client's default socket path is relative ("kernel-ipc-N" in the kernel's cwd, the project root):
     # a killed run (SIGKILL, no cleanup) left its sockets in the checkout
