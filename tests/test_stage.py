@@ -1,6 +1,7 @@
 """The one completion/resume mechanism (tinyllm_utils.stage) and the profile/parameter plumbing of the pipeline."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -174,20 +175,26 @@ def test_pipeline_json_records_the_resolved_parameters(tmp_path):
     assert recorded["git"]["commit"] and recorded["hardware"]["cpu_count"]
 
 
-def test_notebook_kernel_sockets_live_outside_the_checkout(tmp_path, monkeypatch):
+@pytest.mark.parametrize("runtime_name, sockets_in", [("runtime", "runtime"), ("d" * 100, "tmp")],
+                         ids=["in-runtime-folder", "runtime-folder-too-deep-for-a-socket"])
+def test_notebook_kernel_sockets_live_outside_the_checkout(tmp_path, monkeypatch, runtime_name, sockets_in):
     # jupyter_client's default socket path is relative ("kernel-ipc-N" in the kernel's cwd, the project root):
-    # a killed run (SIGKILL, no cleanup) left its sockets in the checkout
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    # a killed run (SIGKILL, no cleanup) left its sockets in the checkout. A socket path over 107 bytes cannot
+    # be bound: a deep runtime folder gives way to the temp folder.
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / runtime_name))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     in_checkout_before = set(pipeline.PROJECT_ROOT.glob("kernel-ipc-*"))
     manager = pipeline.local_kernel_manager()(kernel_name="python3")
     manager.start_kernel(cwd=str(pipeline.PROJECT_ROOT))
     client = manager.client()
+    sockets = Path(manager.ip).name + "-*"
     try:
         client.start_channels()
         client.wait_for_ready(timeout=60)  # the kernel has bound its sockets
-        assert len(list(tmp_path.glob(Path(manager.ip).name + "-*"))) == 5  # one per channel
+        assert len(list((tmp_path / sockets_in).glob(sockets))) == 5  # one per channel
         assert set(pipeline.PROJECT_ROOT.glob("kernel-ipc-*")) == in_checkout_before
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
-    assert not list(tmp_path.glob(Path(manager.ip).name + "-*"))  # removed when the kernel stops
+    assert not list((tmp_path / sockets_in).glob(sockets))  # removed when the kernel stops

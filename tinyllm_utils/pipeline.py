@@ -203,8 +203,10 @@ def open_stage(run_root: Path, stage: str, parameters: dict, plan) -> "stage_lib
 def local_kernel_manager():
     """A Jupyter kernel manager whose sockets are local files (IPC), not TCP ports: nothing of the notebook's
     kernel listens on the network, and ipykernel has no "running over TCP without encryption" to warn about."""
+    import tempfile
     import uuid
 
+    import zmq
     from jupyter_client.manager import KernelManager
     from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import CaselessStrEnum
@@ -215,10 +217,14 @@ def local_kernel_manager():
         def _ip_default(self) -> str:
             # jupyter_client's default, "kernel-ipc", is relative to the kernel's cwd (the project root), so a
             # killed run left its sockets in the checkout; Jupyter's runtime folder is where its connection
-            # files already go (and where a killed kernel's leftovers belong)
-            runtime = Path(jupyter_runtime_dir())
-            runtime.mkdir(parents=True, exist_ok=True)
-            return str(runtime / f"tinyllm-{uuid.uuid4().hex[:12]}-ipc")
+            # files already go (and where a killed kernel's leftovers belong). A Unix socket's path holds at
+            # most 107 bytes (sockaddr_un), so a deeper runtime folder gives way to the temp folder.
+            name = f"tinyllm-{uuid.uuid4().hex[:12]}-ipc"
+            folder = Path(jupyter_runtime_dir())
+            if len(os.fsencode(folder / f"{name}-99")) > getattr(zmq, "IPC_PATH_MAX_LEN", 107):
+                folder = Path(tempfile.gettempdir())
+            folder.mkdir(parents=True, exist_ok=True)
+            return str(folder / name)
 
     return LocalKernelManager
 
