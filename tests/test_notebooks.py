@@ -182,9 +182,7 @@ def test_upstream_change_reruns_exactly_the_stages_downstream(reference, tmp_pat
 
 
 def _start(run_id: str, root: Path) -> subprocess.Popen:
-    # a killed kernel's sockets and connection file stay behind: in the test's folder, not the user's
-    env = dict(os.environ, TINYLLM_OUTPUTS=str(root), PYTHONUNBUFFERED="1",
-               JUPYTER_RUNTIME_DIR=str(root / "jupyter-runtime"))
+    env = dict(os.environ, TINYLLM_OUTPUTS=str(root), PYTHONUNBUFFERED="1")  # conftest's JUPYTER_RUNTIME_DIR
     return subprocess.Popen([sys.executable, "-m", "tinyllm_utils.pipeline", "--profile", "smoke", "--run-id", run_id,
                              "--stages", *FIRST_THREE],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
