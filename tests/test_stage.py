@@ -198,3 +198,23 @@ def test_notebook_kernel_sockets_live_outside_the_checkout(tmp_path, monkeypatch
         client.stop_channels()
         manager.shutdown_kernel(now=True)
     assert not list((tmp_path / sockets_in).glob(sockets))  # removed when the kernel stops
+
+
+def test_notebook_kernels_start_with_the_malloc_settings_unless_the_environment_has_its_own(monkeypatch):
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "4096")  # the user's value wins over the pipeline's
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    manager = pipeline.local_kernel_manager()(kernel_name="python3")
+    manager.start_kernel(cwd=str(pipeline.PROJECT_ROOT))
+    client = manager.client()
+    try:
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        names = list(pipeline.KERNEL_MALLOC_ENV)
+        reply = client.execute_interactive("import os", timeout=60, user_expressions={
+            "env": f"[os.environ.get(name) for name in {names!r}]"})
+        seen = reply["content"]["user_expressions"]["env"]["data"]["text/plain"]
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    expected = [pipeline.KERNEL_MALLOC_ENV[name] if name != "MALLOC_TOP_PAD_" else "4096" for name in names]
+    assert seen == repr(expected)

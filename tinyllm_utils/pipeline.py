@@ -200,9 +200,18 @@ def open_stage(run_root: Path, stage: str, parameters: dict, plan) -> "stage_lib
     return stage_lib.open_work(run_root / stage, stage_material(stage, parameters, inputs))
 
 
+# glibc settings for each stage's kernel: keep freed memory and reuse it rather than unmap large blocks after each
+# use. By default glibc maps and unmaps the large tensors of every training step (the 262 k-row embedding peft
+# rebuilds with the trained end-of-turn row among them) and faults their pages in again: a LoRA step ran 1.65x
+# faster here without that (benchmarks/train_step.py, README "Training"). glibc reads them when a process starts,
+# so they go into the kernel's environment; a value already in the environment wins. Other C libraries ignore them.
+KERNEL_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(1 << 30)}
+
+
 def local_kernel_manager():
-    """A Jupyter kernel manager whose sockets are local files (IPC), not TCP ports: nothing of the notebook's
-    kernel listens on the network, and ipykernel has no "running over TCP without encryption" to warn about."""
+    """A Jupyter kernel manager whose sockets are local files (IPC), not TCP ports (nothing of the notebook's
+    kernel listens on the network, and ipykernel has no "running over TCP without encryption" to warn about), and
+    whose kernels start with KERNEL_MALLOC_ENV."""
     import tempfile
     import uuid
 
@@ -226,6 +235,10 @@ def local_kernel_manager():
             folder.mkdir(parents=True, exist_ok=True)
             return str(folder / name)
 
+        async def _async_pre_start_kernel(self, **kw):
+            kw["env"] = {**KERNEL_MALLOC_ENV, **kw.get("env", os.environ)}  # the environment's own values win
+            return await super()._async_pre_start_kernel(**kw)
+
     return LocalKernelManager
 
 
@@ -240,7 +253,9 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
         raise SystemExit(f"profile {profile!r} has no stage {sorted(unknown)}; it has {list(plan)}")
     run_id = run_id or profile
     run_root = Path(output_root or OUTPUT_ROOT) / run_id
-    write_json_atomic(run_root / "pipeline.json", manifest({"profile": profile, "stages": plan}, run_id=run_id))
+    kernel_malloc = {name: os.environ.get(name, value) for name, value in KERNEL_MALLOC_ENV.items()}
+    write_json_atomic(run_root / "pipeline.json", manifest({"profile": profile, "stages": plan}, run_id=run_id,
+                                                           kernel_malloc_env=kernel_malloc))
 
     keys: dict[str, str | None] = {}
     for index, (stage, parameters) in enumerate(plan.items(), 1):
