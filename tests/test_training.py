@@ -295,6 +295,39 @@ def test_self_improvement_cycle_trains_on_the_models_own_failures(tiny_dir, tmp_
     assert (spec.method, spec.stage_key, spec.parent) == ("dpo_lora", "06_cycle1", str(tiny_dir.resolve()))
 
 
+RSS_AFTER_FREE = """
+import ctypes, json
+from tinyllm_utils.training import release_memory
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+block = libc.malloc(300 * 2**20)
+ctypes.memset(block, 1, 300 * 2**20)  # touched: resident
+libc.free(block)
+kept = rss_mb()
+release_memory()
+print(json.dumps({"kept": kept, "released": rss_mb()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc (Linux)")
+def test_release_memory_gives_back_what_the_kernels_malloc_settings_keep():
+    import subprocess
+    import sys
+
+    from tinyllm_utils.pipeline import KERNEL_MALLOC_ENV
+
+    env = {**os.environ, **KERNEL_MALLOC_ENV}  # as a stage kernel starts: freed memory stays in the heap
+    out = subprocess.run([sys.executable, "-c", RSS_AFTER_FREE], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    rss = json.loads(out.strip().splitlines()[-1])
+    assert rss["kept"] - rss["released"] > 250, rss
+
+
 def test_configs_are_trls_own_classes_with_cpu_defaults(tmp_path):
     import trl
 

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import functools
+import gc
 import json
 import time
 import types
@@ -460,6 +462,19 @@ def save_final(model, tokenizer, folder: str | Path, spec: ModelSpec | None, met
     return folder
 
 
+def release_memory() -> None:
+    """Hand the memory training freed back to the OS before what follows it (merge, save, GGUF export, evaluation).
+
+    The pipeline's kernels keep freed memory for reuse (pipeline.KERNEL_MALLOC_ENV: training steps reuse it,
+    1.2-1.3x faster), so without this the heap a training run grew stays resident under the export: quick's
+    04 peaked at 8.9 GB just after its training's 7.9 GB. glibc's malloc_trim does it; elsewhere a no-op."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: ModelSpec | None,
            stage_key: str | None, name: str | None, work, **extra) -> dict:
     from transformers.trainer_utils import get_last_checkpoint
@@ -469,6 +484,7 @@ def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: Mode
     start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - start
+    release_memory()  # the steps' activations are freed: give them back before the merge, save and export
     curves = curves_frame(trainer.state.log_history)
     write_text_atomic(out_dir / "curves.csv", curves.to_csv(index=False))
     final = save_final(trainer.model, tokenizer, out_dir / "final", spec, method, stage_key, name)

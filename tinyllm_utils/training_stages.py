@@ -56,8 +56,10 @@ class SFTStageConfig:
 @dataclass
 class DPOStageConfig:
     model: str = "gemma-3-270m"
+    # smoke: one pair per step. A DPO step holds 2 sequences per pair; here a fresh process pays ~6 s per GB of
+    # memory it touches first (README "Training"), so batch 2 made each smoke DPO run ~40 s slower
     dpo: dict = field(default_factory=lambda: {"max_steps": 2, "beta": 0.1, "loss_type": ["sigmoid"],
-                                               "learning_rate": 5e-6})
+                                               "learning_rate": 5e-6, "per_device_train_batch_size": 1})
     use_lora: bool = True  # reference = the policy with its adapter disabled (no second model in memory)
     lora: dict = field(default_factory=dict)
     train_pairs: int | None = None  # seeded sample of stage-03 train pairs; None = all
@@ -68,13 +70,15 @@ class DPOStageConfig:
 @dataclass
 class HybridStageConfig:
     start: str = "sft-lora"  # the stage-04 model the hybrids start from
-    sft_dpo: dict | None = field(default_factory=lambda: {"max_steps": 2, "beta": 0.1, "learning_rate": 5e-6})
+    sft_dpo: dict | None = field(default_factory=lambda: {"max_steps": 2, "beta": 0.1, "learning_rate": 5e-6,
+                                                          "per_device_train_batch_size": 1})  # as DPOStageConfig
     sft_grpo: dict | None = field(default_factory=lambda: {
         "max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 16})
     cycles: int = 1  # self-improvement rounds: generate -> pairs from own checked failures -> train -> evaluate
     cycle_method: str = "dpo"  # dpo | grpo
     cycle_rows: int | None = 2  # training prompts answered per cycle
-    cycle_training: dict = field(default_factory=lambda: {"max_steps": 2, "learning_rate": 5e-6})
+    cycle_training: dict = field(default_factory=lambda: {"max_steps": 2, "learning_rate": 5e-6,
+                                                          "per_device_train_batch_size": 1})
     use_lora: bool = True
     lora: dict = field(default_factory=dict)
     train_pairs: int | None = None
