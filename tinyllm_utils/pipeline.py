@@ -208,6 +208,11 @@ def open_stage(run_root: Path, stage: str, parameters: dict, plan) -> "stage_lib
 KERNEL_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(1 << 30)}
 
 
+def kernel_env(env: dict | None = None) -> dict:
+    """A stage kernel's environment: `env` (default: this process's) over KERNEL_MALLOC_ENV, so its own values win."""
+    return {**KERNEL_MALLOC_ENV, **(os.environ if env is None else env)}
+
+
 def local_kernel_manager():
     """A Jupyter kernel manager whose sockets are local files (IPC), not TCP ports (nothing of the notebook's
     kernel listens on the network, and ipykernel has no "running over TCP without encryption" to warn about), and
@@ -236,7 +241,7 @@ def local_kernel_manager():
             return str(folder / name)
 
         async def _async_pre_start_kernel(self, **kw):
-            kw["env"] = {**KERNEL_MALLOC_ENV, **kw.get("env", os.environ)}  # the environment's own values win
+            kw["env"] = kernel_env(kw.get("env"))
             return await super()._async_pre_start_kernel(**kw)
 
     return LocalKernelManager
@@ -253,7 +258,7 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
         raise SystemExit(f"profile {profile!r} has no stage {sorted(unknown)}; it has {list(plan)}")
     run_id = run_id or profile
     run_root = Path(output_root or OUTPUT_ROOT) / run_id
-    kernel_malloc = {name: os.environ.get(name, value) for name, value in KERNEL_MALLOC_ENV.items()}
+    kernel_malloc = {name: kernel_env()[name] for name in KERNEL_MALLOC_ENV}
     write_json_atomic(run_root / "pipeline.json", manifest({"profile": profile, "stages": plan}, run_id=run_id,
                                                            kernel_malloc_env=kernel_malloc))
 
