@@ -56,8 +56,8 @@ class SFTStageConfig:
 @dataclass
 class DPOStageConfig:
     model: str = "gemma-3-270m"
-    # smoke: one pair per step. A DPO step holds 2 sequences per pair; here a fresh process pays ~6 s per GB of
-    # memory it touches first (README "Training"), so batch 2 made each smoke DPO run ~40 s slower
+    # smoke: one pair per step. A DPO step holds 2 sequences per pair, and on the CI machine every GB a fresh
+    # process touches costs 6-8 s (README "Training"): with this the smoke run took 14 min instead of 18
     dpo: dict = field(default_factory=lambda: {"max_steps": 2, "beta": 0.1, "loss_type": ["sigmoid"],
                                                "learning_rate": 5e-6, "per_device_train_batch_size": 1})
     use_lora: bool = True  # reference = the policy with its adapter disabled (no second model in memory)
