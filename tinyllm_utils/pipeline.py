@@ -258,7 +258,8 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
         raise SystemExit(f"profile {profile!r} has no stage {sorted(unknown)}; it has {list(plan)}")
     run_id = run_id or profile
     run_root = Path(output_root or OUTPUT_ROOT) / run_id
-    kernel_malloc = {name: kernel_env()[name] for name in KERNEL_MALLOC_ENV}
+    env = kernel_env()
+    kernel_malloc = {name: env[name] for name in KERNEL_MALLOC_ENV}
     write_json_atomic(run_root / "pipeline.json", manifest({"profile": profile, "stages": plan}, run_id=run_id,
                                                            kernel_malloc_env=kernel_malloc))
 

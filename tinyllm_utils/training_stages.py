@@ -41,6 +41,11 @@ class MissingStageError(FileNotFoundError):
 
 # ---------------------------------------------------------------- configs (defaults = the smoke workload)
 
+# Every smoke DPO run (05, 06's SFT -> DPO and cycle): two steps of one pair each. A DPO step holds 2 sequences
+# per pair, and on the CI machine every GB a fresh process touches costs 6-8 s (README "Training"): at one pair
+# per step the smoke run took 14 min instead of 18.
+SMOKE_DPO = {"max_steps": 2, "learning_rate": 5e-6, "per_device_train_batch_size": 1}
+
 
 @dataclass
 class SFTStageConfig:
@@ -56,10 +61,7 @@ class SFTStageConfig:
 @dataclass
 class DPOStageConfig:
     model: str = "gemma-3-270m"
-    # smoke: one pair per step. A DPO step holds 2 sequences per pair, and on the CI machine every GB a fresh
-    # process touches costs 6-8 s (README "Training"): with this the smoke run took 14 min instead of 18
-    dpo: dict = field(default_factory=lambda: {"max_steps": 2, "beta": 0.1, "loss_type": ["sigmoid"],
-                                               "learning_rate": 5e-6, "per_device_train_batch_size": 1})
+    dpo: dict = field(default_factory=lambda: {**SMOKE_DPO, "beta": 0.1, "loss_type": ["sigmoid"]})
     use_lora: bool = True  # reference = the policy with its adapter disabled (no second model in memory)
     lora: dict = field(default_factory=dict)
     train_pairs: int | None = None  # seeded sample of stage-03 train pairs; None = all
@@ -70,15 +72,13 @@ class DPOStageConfig:
 @dataclass
 class HybridStageConfig:
     start: str = "sft-lora"  # the stage-04 model the hybrids start from
-    sft_dpo: dict | None = field(default_factory=lambda: {"max_steps": 2, "beta": 0.1, "learning_rate": 5e-6,
-                                                          "per_device_train_batch_size": 1})  # as DPOStageConfig
+    sft_dpo: dict | None = field(default_factory=lambda: {**SMOKE_DPO, "beta": 0.1})
     sft_grpo: dict | None = field(default_factory=lambda: {
         "max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 16})
     cycles: int = 1  # self-improvement rounds: generate -> pairs from own checked failures -> train -> evaluate
     cycle_method: str = "dpo"  # dpo | grpo
     cycle_rows: int | None = 2  # training prompts answered per cycle
-    cycle_training: dict = field(default_factory=lambda: {"max_steps": 2, "learning_rate": 5e-6,
-                                                          "per_device_train_batch_size": 1})
+    cycle_training: dict = field(default_factory=lambda: dict(SMOKE_DPO))
     use_lora: bool = True
     lora: dict = field(default_factory=dict)
     train_pairs: int | None = None
