@@ -33,6 +33,29 @@ def results(outputs):
     return analysis.collect(outputs, n_resamples=500)
 
 
+def test_lineage_and_checkpoints_hold_when_outputs_move(tmp_path):
+    root = load_tree_builder().build(tmp_path / "outputs")
+    moved = root.rename(tmp_path / "elsewhere")
+    evals = analysis.collect(moved, n_resamples=50).drop_duplicates("key").set_index("model")
+    dpo = evals.loc["gemma-3-270m-sft-dpo"]
+    assert dpo["training_seconds_total"] == 1500.0  # the parent, named by its path in the run, is still found
+    # the evaluated weights, named relative to the outputs folder (run.json recorded where they were)
+    assert dpo["checkpoint"] == "quick/06_hybrid/sft-dpo/final"
+    assert (evals.loc["gemma-3-270m-sft-lora", "key"], dpo["key"]) in analysis.default_pairs(
+        evals.reset_index())
+
+
+def test_an_absolute_parent_recorded_by_earlier_runs_still_names_its_checkpoint_after_a_move(tmp_path):
+    root = load_tree_builder().build(tmp_path / "outputs")
+    run_file = root / "quick" / "06_hybrid" / "sft-dpo" / "eval" / "gemma-3-270m-sft-dpo" / "run.json"
+    run = json.loads(run_file.read_text())
+    run["model_spec"]["parent"] = str(root / "quick" / "04_sft" / "sft-lora" / "final")
+    run_file.write_text(json.dumps(run))
+    results = analysis.collect(root.rename(tmp_path / "elsewhere"), n_resamples=50)
+    dpo = results.drop_duplicates("key").set_index("model").loc["gemma-3-270m-sft-dpo"]
+    assert (dpo["parent"], dpo["training_seconds_total"]) == ("04_sft/sft-lora/final", 1500.0)
+
+
 def one(results, model):
     rows = results[results["model"] == model]
     assert rows["key"].nunique() == 1, model

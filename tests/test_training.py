@@ -384,3 +384,16 @@ def test_best_model_ranks_on_the_categories_that_expect_a_call():
     assert best_model({"sft-lora": calls, "sft→dpo": tie}) == "sft→dpo"  # the plain mean breaks a tie
     with pytest.raises(MissingStageError, match="best"):
         best_model({"x": not_exported})
+
+
+def test_a_parent_checkpoint_in_the_run_is_recorded_by_its_path_there(tmp_path, monkeypatch):
+    from tinyllm_utils.training_stages import _in_run
+
+    run = tmp_path / "outputs" / "quick"
+    (run / "04_sft" / "sft-lora" / "final").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _in_run(str(run / "04_sft" / "sft-lora" / "final"), run) == "04_sft/sft-lora/final"
+    assert _in_run("outputs/quick/04_sft/sft-lora/final", Path("outputs/quick")) == "04_sft/sft-lora/final"
+    assert _in_run(str(tmp_path / "elsewhere"), run) == str(tmp_path / "elsewhere")  # not this run's: as given
+    assert _in_run("gemma-3-270m", run) == "gemma-3-270m"  # a registry name

@@ -82,10 +82,53 @@ class Evaluation:
     parameters: dict = field(repr=False)
     metrics: dict = field(repr=False)
     model_spec: dict = field(repr=False)
+    checkpoint: str | None = None  # the weights evaluated; `<run>/<stage>/...` when inside an outputs folder
 
     @property
     def key(self) -> str:
         return f"{self.run_id}/{self.stage}/{self.eval_id}"
+
+    def trained_from(self, other: "Evaluation") -> bool:
+        """Whether `other` evaluates the model this one was trained from (run.json's parent), in the same run."""
+        return (other is not self and other.run_id == self.run_id
+                and _names_parent(self.parent, other.stage, other.eval_id, other.key, other.model, other.method))
+
+
+def _model_folder(stage: str, eval_id: str) -> str | None:
+    """The trained model's folder in its run, from where its evaluation lies: `04_sft/sft-lora` for
+    `04_sft/sft-lora/eval/<name>` (the layout of stages 04-08); None for an evaluation outside that layout."""
+    parts = eval_id.split("/")
+    if "eval" not in parts[1:]:
+        return None
+    return "/".join([stage, *parts[:parts.index("eval", 1)]])
+
+
+def _names_parent(parent: str | None, stage: str, eval_id: str, *names: str) -> bool:
+    """Whether a recorded parent names this evaluation: its key, model name, or a checkpoint inside its model
+    folder (training records `04_sft/sft-lora/final`, which is evaluated from `04_sft/sft-lora/gguf/`)."""
+    if not parent:
+        return False
+    folder = _model_folder(stage, eval_id)
+    return parent in (eval_id, *names) or (folder is not None and (parent == folder or parent.startswith(folder + "/")))
+
+
+def _outputs_path(text: str | None) -> str | None:
+    """A recorded absolute path into an outputs folder as `<run>/<NN_stage>/...`: outputs move between machines,
+    and run.json and model_spec.json keep where the files were (runs before 2026-12-01 recorded parents that way
+    too); any other path or name as recorded."""
+    if not text or not Path(text).is_absolute():
+        return text
+    parts = Path(text).parts
+    stage = next((i for i, part in enumerate(parts) if i > 1 and STAGE_PATTERN.match(part)), None)
+    return text if stage is None else "/".join(parts[stage - 1:])
+
+
+def _parent_in_run(parent: str | None, run_id: str) -> str | None:
+    """run.json's parent as training records it since 2026-12-01: a checkpoint of the same run by its path in the
+    run (`04_sft/sft-lora/final`); earlier runs recorded the absolute path."""
+    if parent and Path(parent).is_absolute() and _outputs_path(parent).startswith(f"{run_id}/"):
+        return _outputs_path(parent)[len(run_id) + 1:]
+    return parent
 
 
 def _read_json(path: Path) -> dict | None:
@@ -185,13 +228,14 @@ def find_evaluations(root: str | Path) -> list[Evaluation]:
         params_b = spec.get("params_b") or _registry_params().get(base_model) or _registry_params().get(model)
         evaluations.append(Evaluation(
             path=eval_dir, run_id=run_id, stage=stage, eval_id=eval_id, model=model,
-            method=spec.get("method") or edge.get("method") or "base", parent=spec.get("parent"),
+            method=spec.get("method") or edge.get("method") or "base",
+            parent=_parent_in_run(spec.get("parent"), run_id),
             base_model=base_model, backend=backend.get("backend") or (run.get("parameters") or {}).get("backend"),
             quantization=_quantization(spec, backend) or edge.get("quantization"), params_b=params_b,
             training_seconds=_first_number(training, ("seconds", "training_seconds", "train_runtime")),
             peak_memory_mb=edge.get("peak_memory_mb"),
             bfcl_eval=run.get("bfcl_eval"), parameters=run.get("parameters") or {}, metrics=metrics,
-            model_spec=spec))
+            model_spec=spec, checkpoint=_outputs_path(spec.get("path"))))
     return evaluations
 
 
@@ -339,7 +383,7 @@ def _eval_columns(ev: Evaluation) -> dict:
     return {"run_id": ev.run_id, "stage": ev.stage, "eval_id": ev.eval_id, "key": ev.key, "model": ev.model,
             "method": ev.method, "parent": ev.parent, "base_model": ev.base_model, "backend": ev.backend,
             "quantization": ev.quantization, "params_b": ev.params_b, "training_seconds": ev.training_seconds,
-            "peak_memory_mb": ev.peak_memory_mb, "bfcl_eval": ev.bfcl_eval, "checkpoint": ev.model_spec.get("path")}
+            "peak_memory_mb": ev.peak_memory_mb, "bfcl_eval": ev.bfcl_eval, "checkpoint": ev.checkpoint}
 
 
 def _labels(evaluations: list[Evaluation]) -> dict[str, str]:
@@ -376,11 +420,7 @@ def _parent_of(ev: Evaluation, evaluations: list[Evaluation]) -> Evaluation | No
     """The evaluation of the checkpoint a trained model was trained from (run.json's parent), same run."""
     if not ev.parent:
         return None
-    for other in evaluations:
-        if other is not ev and other.run_id == ev.run_id and ev.parent in (
-                other.key, other.eval_id, other.model, other.model_spec.get("path")):
-            return other
-    return None
+    return next((other for other in evaluations if ev.trained_from(other)), None)
 
 
 def cumulative_training_seconds(evaluations: list[Evaluation]) -> dict[str, float | None]:
@@ -666,8 +706,9 @@ def table_iv_markdown(table: pd.DataFrame) -> str:
 def default_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
     """(A, B) evaluation keys to compare, B the derived one, within one run:
 
-    * a trained model (method other than "base") against the evaluation its run.json `parent` names (matched by
-      key, folder, model, label or method) and against the base evaluation of the same base model;
+    * a trained model (method other than "base") against the evaluation its run.json `parent` names (its key,
+      folder, model, label or method, or a checkpoint inside its model folder) and against the base evaluation
+      of the same base model;
     * an edge variant (a quantization other than F16) against the F16 variant of its method and stage.
     """
     if not len(results):
@@ -684,9 +725,8 @@ def default_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
             continue
         if pd.notna(b["parent"]) and b["parent"]:
             parent = str(b["parent"])
-            match = same_run[(same_run["key"] == parent) | (same_run["eval_id"] == parent)
-                             | (same_run["model"] == parent) | (same_run["label"] == parent)
-                             | (same_run["method"] == parent) | (same_run["checkpoint"] == parent)]
+            match = same_run[[_names_parent(parent, a["stage"], a["eval_id"], a["key"], a["model"], a["label"],
+                                            a["method"]) for _, a in same_run.iterrows()]]
             pairs += [(a, b["key"]) for a in match["key"]]
         base = same_run[(same_run["method"] == "base") & (same_run["base_model"] == b["base_model"])]
         pairs += [(a, b["key"]) for a in base["key"]]

@@ -49,7 +49,8 @@ class ModelSpec:
     reasoning: str = "none"
     revision: str | None = None
     bfcl_name: str | None = None  # the BFCL leaderboard's display name for this configuration (its row)
-    # Lineage of a trained checkpoint (None for published models): what it was trained from and how.
+    # Lineage of a trained checkpoint (None for published models): what it was trained from and how; `parent` is
+    # a registry name or, for a checkpoint of the same run, its path in the run (`04_sft/sft-lora/final`).
     base_model: str | None = None
     method: str | None = None
     parent: str | None = None

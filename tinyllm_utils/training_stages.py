@@ -144,11 +144,21 @@ def stage04_model(stage_dir: Path, method: str) -> Path:
 # ---------------------------------------------------------------- after training: label, export, evaluate
 
 
+def _in_run(parent: str, run_root: Path) -> str:
+    """A parent checkpoint inside this run as its path in the run (`04_sft/sft-lora/final`), so the lineage
+    still holds when outputs move; a registry name or a checkpoint elsewhere stays as given."""
+    if not Path(parent).exists():
+        return parent
+    path, run_root = Path(parent).resolve(), run_root.resolve()
+    return path.relative_to(run_root).as_posix() if path.is_relative_to(run_root) else parent
+
+
 def finish_model(result: dict, method_dir: Path, label: str, parent: str, protocol: EvalConfig) -> dict:
     """Label the trained model (method, parent), record training.json, export GGUF and evaluate like stage 01."""
     from tinyllm_utils.export import export_gguf
 
     final = Path(result["path"])
+    parent = _in_run(parent, _run_root(method_dir.parent))
     spec = replace(resolve_model(str(final)), method=label, parent=parent)
     spec.save(final)
     tokens = (result.get("train_metrics") or {}).get("num_input_tokens_seen") or result.get("tokens_seen")
@@ -297,9 +307,11 @@ def _stage_evaluations(stage_dir: Path):
     from tinyllm_utils import analysis
 
     run_root = _run_root(Path(stage_dir))
-    evaluations = [ev for ev in analysis.find_evaluations(run_root)
-                   if ev.stage in ("01_baseline_evaluation", Path(stage_dir).name)]
-    return run_root, evaluations
+    found = analysis.find_evaluations(run_root)
+    stage = [ev for ev in found if ev.stage in ("01_baseline_evaluation", Path(stage_dir).name)]
+    # and the models this stage's models were trained from (06's SFT→DPO: stage 04's SFT), for before / after
+    parents = [other for ev in stage for other in found if ev.trained_from(other) and other not in stage]
+    return run_root, stage + [ev for i, ev in enumerate(parents) if ev not in parents[:i]]
 
 
 def before_after(stage_dir: str | Path, n_resamples: int = 2000):
