@@ -64,7 +64,7 @@ display(training_stages.summary_table(results))
 
 # %%
 for label, result in results.items():
-    display(training.plot_curves(result["training"]["curves"], title=f"{label}: {result['training']['steps']} steps"))
+    display(training.plot_curves(result["curves"], title=f"{label}: {result['training']['steps']} steps"))
 
 # %% [markdown]
 # ## Before and after, on the same entries

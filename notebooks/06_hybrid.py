@@ -76,7 +76,7 @@ display(training_stages.summary_table(results))
 # %%
 for label, result in results.items():
     if "training" in result:
-        display(training.plot_curves(result["training"]["curves"], title=label))
+        display(training.plot_curves(result["curves"], title=label))
 
 # %% [markdown]
 # ## Before and after, on the same entries

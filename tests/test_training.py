@@ -180,9 +180,13 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
         torch.testing.assert_close(unmerged(**prompt).logits, merged(**prompt).logits, rtol=1e-4, atol=1e-4)
     assert a.tolist() == b.tolist()
 
-    # a rerun with the same parameters returns the finished result without training
-    again = training.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(), training.default_lora(), out)
+    # a rerun with the same parameters returns the finished result without training, its files where the
+    # folder is now
+    moved = out.rename(tmp_path / "moved")
+    again = training.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(), training.default_lora(), moved)
     assert again["seconds"] == result["seconds"]
+    assert (again["path"], again["curves"]) == (str(moved / "final"), str(moved / "curves.csv"))
+    moved.rename(out)
     # an interrupted run resumes from its last checkpoint
     # killed before the end: no result, and the running marker (tinyllm_utils.stage) instead of the completion one
     (out / "result.json").unlink()

@@ -434,7 +434,9 @@ def _open(out_dir: Path, key: dict):
     a folder holding a run with other parameters is refused, naming what differs."""
     work = open_work(out_dir, {"parameters": key}, on_mismatch="refuse")
     if work.status == "done":
-        return json.loads((out_dir / "result.json").read_text()), work
+        result = json.loads((out_dir / "result.json").read_text())
+        # the files are where the folder is now (outputs move; result.json keeps where they were written)
+        return {**result, "path": str(out_dir / "final"), "curves": str(out_dir / "curves.csv")}, work
     return None, work
 
 

@@ -165,7 +165,9 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     training = {"method": label, "parent": parent, "checkpoint": str(final.relative_to(method_dir)),
                 "seconds": result["seconds"], "steps": result.get("global_step"),
                 "tokens_seen": tokens, "tokens_per_s": (tokens / result["seconds"]) if tokens else None,
-                "train_metrics": result.get("train_metrics"), "curves": result.get("curves"),
+                "train_metrics": result.get("train_metrics"),
+                "curves": result.get("curves") and Path(result["curves"]).resolve().relative_to(
+                    method_dir.resolve()).as_posix(),  # like checkpoint: a path in the method's folder
                 # rows trained; SFT leaves out rows longer than max_length (quick: 112 of 400 sampled)
                 "rows": result.get("rows"), "dropped_too_long": result.get("dropped_too_long")}
     write_json_atomic(method_dir / "training.json", training)
@@ -173,7 +175,8 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     if protocol.backend == "llama_cpp":
         model = str(export_gguf(final, method_dir / "gguf" / f"{spec.name}-F16.gguf"))
     metrics = evaluate(replace(protocol, model=model), method_dir / "eval" / spec.name, progress=True)
-    return {"label": label, "path": str(final), "model": model, "training": training, "metrics": metrics}
+    return {"label": label, "path": str(final), "model": model, "training": training, "metrics": metrics,
+            "curves": result.get("curves")}
 
 
 def _lora(config, enabled: bool = True):
