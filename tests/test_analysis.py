@@ -45,6 +45,13 @@ def test_lineage_and_checkpoints_hold_when_outputs_move(tmp_path):
         evals.reset_index())
 
 
+def test_paths_into_an_outputs_folder_are_named_from_the_run_on():
+    assert analysis._outputs_path("/home/u/01_projects/outputs/quick/04_sft/sft-lora/final") == \
+        "quick/04_sft/sft-lora/final"
+    assert analysis._outputs_path("/cache/models/gemma-3-270m-Q4_K_M.gguf") == "/cache/models/gemma-3-270m-Q4_K_M.gguf"
+    assert analysis._outputs_path("gemma-3-270m") == "gemma-3-270m"
+
+
 def test_an_absolute_parent_recorded_by_earlier_runs_still_names_its_checkpoint_after_a_move(tmp_path):
     root = load_tree_builder().build(tmp_path / "outputs")
     run_file = root / "quick" / "06_hybrid" / "sft-dpo" / "eval" / "gemma-3-270m-sft-dpo" / "run.json"

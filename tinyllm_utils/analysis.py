@@ -119,7 +119,7 @@ def _outputs_path(text: str | None) -> str | None:
     if not text or not Path(text).is_absolute():
         return text
     parts = Path(text).parts
-    stage = next((i for i, part in enumerate(parts) if i > 1 and STAGE_PATTERN.match(part)), None)
+    stage = max((i for i, part in enumerate(parts) if i > 1 and STAGE_PATTERN.match(part)), default=None)
     return text if stage is None else "/".join(parts[stage - 1:])
 
 
