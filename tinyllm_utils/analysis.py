@@ -126,9 +126,8 @@ def _outputs_path(text: str | None) -> str | None:
 def _parent_in_run(parent: str | None, run_id: str) -> str | None:
     """run.json's parent as training records it since 2026-12-01: a checkpoint of the same run by its path in the
     run (`04_sft/sft-lora/final`); earlier runs recorded the absolute path."""
-    if parent and Path(parent).is_absolute() and _outputs_path(parent).startswith(f"{run_id}/"):
-        return _outputs_path(parent)[len(run_id) + 1:]
-    return parent
+    in_outputs = _outputs_path(parent)
+    return in_outputs[len(run_id) + 1:] if in_outputs != parent and in_outputs.startswith(f"{run_id}/") else parent
 
 
 def _read_json(path: Path) -> dict | None:

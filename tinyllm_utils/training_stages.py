@@ -313,8 +313,9 @@ def _stage_evaluations(stage_dir: Path):
     found = analysis.find_evaluations(run_root)
     stage = [ev for ev in found if ev.stage in ("01_baseline_evaluation", Path(stage_dir).name)]
     # and the models this stage's models were trained from (06's SFT→DPO: stage 04's SFT), for before / after
-    parents = [other for ev in stage for other in found if ev.trained_from(other) and other not in stage]
-    return run_root, stage + [ev for i, ev in enumerate(parents) if ev not in parents[:i]]
+    keys = {ev.key for ev in stage}
+    parents = {other.key: other for ev in stage for other in found if ev.trained_from(other) and other.key not in keys}
+    return run_root, stage + list(parents.values())
 
 
 def before_after(stage_dir: str | Path, n_resamples: int = 2000):
