@@ -28,7 +28,7 @@
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; the defaults are the `smoke` profile = DPOStageConfig's defaults)
 model = "gemma-3-270m"
-dpo = {"max_steps": 2, "beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 5e-6,
+dpo = {"max_steps": 1, "beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 5e-6,
        "per_device_train_batch_size": 1}  # trl.DPOConfig fields
 use_lora = True  # the reference is the policy with its adapter disabled
 lora = {}

@@ -32,14 +32,14 @@
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; the defaults are the `smoke` profile = HybridStageConfig's defaults)
 start = "sft-lora"  # the stage-04 model to start from
-sft_dpo = {"max_steps": 2, "beta": 0.1, "learning_rate": 5e-6,
+sft_dpo = {"max_steps": 1, "beta": 0.1, "learning_rate": 5e-6,
            "per_device_train_batch_size": 1}  # trl.DPOConfig fields; None skips SFT -> DPO
 sft_grpo = {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2,
             "max_completion_length": 16}  # trl.GRPOConfig fields; None skips SFT -> GRPO
 cycles = 1  # self-improvement rounds
 cycle_method = "dpo"  # dpo | grpo
 cycle_rows = 2  # training prompts answered per cycle
-cycle_training = {"max_steps": 2, "learning_rate": 5e-6,
+cycle_training = {"max_steps": 1, "learning_rate": 5e-6,
                   "per_device_train_batch_size": 1}  # the cycle trainer's config fields
 use_lora = True
 lora = {}

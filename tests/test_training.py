@@ -299,6 +299,33 @@ def test_self_improvement_cycle_trains_on_the_models_own_failures(tiny_dir, tmp_
     assert (spec.method, spec.stage_key, spec.parent) == ("dpo_lora", "06_cycle1", str(tiny_dir.resolve()))
 
 
+def test_a_cycle_answers_with_the_model_as_the_evaluation_runs_it(tiny_dir, tmp_path, monkeypatch):
+    """Stage 06 hands the cycle the exported file and the evaluation's backend: the failures it learns from are
+    the ones the evaluation counts; the checkpoint folder is still what it trains."""
+    from conftest import FakeBackend
+    from datasets import Dataset, DatasetDict
+
+    from tinyllm_utils import backends
+
+    exported = tmp_path / "gguf"  # stands for the GGUF export: a spec of its own, no weights needed here
+    exported.mkdir()
+    (exported / "model_spec.json").write_text((tiny_dir / "model_spec.json").read_text())
+    asked = []
+
+    def make_backend(spec, backend, *args, **kwargs):
+        asked.append((spec.path, backend))
+        return FakeBackend(lambda prompt: "[add(a=0, b=0)]")  # wrong on the sums: pairs to train on
+
+    monkeypatch.setattr(backends, "make_backend", make_backend)
+    stage02 = DatasetDict({"train": Dataset.from_list(ROWS), "validation": Dataset.from_list(ROWS[:1])})
+    result = training.self_improvement_cycle(str(tiny_dir), stage02, tmp_path / "cycle1",
+                                             {"max_steps": 1, "learning_rate": 1e-3}, lora=training.default_lora(),
+                                             backend="llama_cpp", generator=str(exported))
+    assert asked == [(str(exported.resolve()), "llama_cpp")]
+    assert result["trained"] and result["pairs"] >= 1
+    assert resolve_model(result["path"]).parent == str(tiny_dir.resolve())  # trained from the folder
+
+
 RSS_AFTER_FREE = """
 import ctypes, json
 from tinyllm_utils.training import release_memory

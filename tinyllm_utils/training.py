@@ -587,12 +587,15 @@ def train_grpo(model, tokenizer, train_ds, eval_ds, grpo_config, lora=None, out_
 
 def self_improvement_cycle(model_path: str | Path, dataset, out_dir: str | Path, config: dict | None = None,
                            method: str = "dpo", lora=None, limit: int | None = None, backend="transformers",
-                           max_new_tokens: int = 128, seed: int = 0, stage_key: str | None = None) -> dict:
-    """One cycle: the current model answers stage-02 training prompts (greedy, the evaluation's decoding) ->
-    its answers that bfcl's checker rejects become `rejected`, the verified reference `chosen`
-    (pairs.build_pairs; no synthetic negatives) -> DPO on those pairs, or GRPO on the prompts it failed.
+                           max_new_tokens: int = 128, seed: int = 0, stage_key: str | None = None,
+                           generator: str | Path | None = None) -> dict:
+    """One cycle: the current model answers stage-02 training prompts (greedy) -> its answers that bfcl's
+    checker rejects become `rejected`, the verified reference `chosen` (pairs.build_pairs; no synthetic
+    negatives) -> DPO on those pairs, or GRPO on the prompts it failed.
 
-    `model_path`: a trained folder (with model_spec.json) or registry name; `dataset`: the stage-02
+    `model_path`: a trained folder (with model_spec.json) or registry name, the model trained; `generator`: the
+    same model as evaluation runs it (stage 06 passes its exported GGUF with the llama.cpp backend, so the
+    cycle learns from the failures evaluation sees); default `model_path`. `dataset`: the stage-02
     DatasetDict; `backend`: a backend name or object with `generate` (tests pass a fake one). Returns
     {"path": the new checkpoint (the old one when nothing failed), "seconds", "pairs", "failed", "rows"}.
     Evaluation of the new checkpoint is the stage's job (the evaluation core)."""
@@ -604,7 +607,7 @@ def self_improvement_cycle(model_path: str | Path, dataset, out_dir: str | Path,
     rows = pairs_lib.select_rows(dataset, limit, seed)
     rows = [r for r in rows if r["split"] == "train"] or rows
     kept, _ = pairs_lib.verify_chosen(rows)
-    pair_config = pairs_lib.PairConfig(model=str(model_path), rejecter=str(model_path),
+    pair_config = pairs_lib.PairConfig(model=str(model_path), rejecter=str(generator or model_path),
                                        backend=backend if isinstance(backend, str) else "transformers",
                                        rejecter_max_new_tokens=max_new_tokens, negatives_per_row=0,
                                        synthetic_ratio=0.0, seed=seed)

@@ -41,10 +41,10 @@ class MissingStageError(FileNotFoundError):
 
 # ---------------------------------------------------------------- configs (defaults = the smoke workload)
 
-# Every smoke DPO run (05, 06's SFT -> DPO and cycle): two steps of one pair each. A DPO step holds 2 sequences
-# per pair, and on the CI machine every GB a fresh process touches costs 6-8 s (README "Training"): at one pair
-# per step the smoke run took 14 min instead of 18.
-SMOKE_DPO = {"max_steps": 2, "learning_rate": 5e-6, "per_device_train_batch_size": 1}
+# Every smoke DPO run (05, 06's SFT -> DPO and cycle): one step of one pair. A DPO step holds 2 sequences per
+# pair, and on the CI machine every GB a fresh process touches costs 6-8 s (README "Training"): at one pair per
+# step the smoke run took 14 min instead of 18; a second step cost each run 30-40 s more (smoke's 15 min budget).
+SMOKE_DPO = {"max_steps": 1, "learning_rate": 5e-6, "per_device_train_batch_size": 1}
 
 
 @dataclass
@@ -153,6 +153,21 @@ def _in_run(parent: str, run_root: Path) -> str:
     return path.relative_to(run_root).as_posix() if path.is_relative_to(run_root) else parent
 
 
+def _gguf_path(final: Path, method_dir: Path) -> Path:
+    return method_dir / "gguf" / f"{resolve_model(str(final)).name}-F16.gguf"
+
+
+def evaluated_model(final: Path, method_dir: Path, protocol: EvalConfig) -> str:
+    """What the evaluation runs for a trained checkpoint: its F16 GGUF on llama.cpp (exported by
+    `finish_model`; exported now if missing), else the folder itself."""
+    from tinyllm_utils.export import export_gguf
+
+    if protocol.backend != "llama_cpp":
+        return str(final)
+    gguf = _gguf_path(final, method_dir)
+    return str(gguf if gguf.exists() else export_gguf(final, gguf))
+
+
 def finish_model(result: dict, method_dir: Path, label: str, parent: str, protocol: EvalConfig) -> dict:
     """Label the trained model (method, parent), record training.json, export GGUF and evaluate like stage 01."""
     from tinyllm_utils.export import export_gguf
@@ -173,7 +188,7 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     write_json_atomic(method_dir / "training.json", training)
     model = str(final)
     if protocol.backend == "llama_cpp":
-        model = str(export_gguf(final, method_dir / "gguf" / f"{spec.name}-F16.gguf"))
+        model = str(export_gguf(final, _gguf_path(final, method_dir)))
     metrics = evaluate(replace(protocol, model=model), method_dir / "eval" / spec.name, progress=True)
     return {"label": label, "path": str(final), "model": model, "training": training, "metrics": metrics,
             "curves": result.get("curves")}
@@ -261,15 +276,18 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
         result = training.train_grpo(model, tokenizer, prompts, None, grpo, _lora(config, config.use_lora),
                                      stage_dir / "sft-grpo", spec=start_spec, name=f"{base}-sft-grpo")
         results["sft→grpo"] = finish_model(result, stage_dir / "sft-grpo", "sft→grpo", str(start), protocol)
+    # each cycle answers its prompts with the model as evaluation runs it (backend, exported file, decoding
+    # length), so it learns from the failures the evaluation counts
     current, data = start, load_stage02(stage_dir)
+    current_evaluated = evaluated_model(start, start.parent, protocol)
     for cycle in range(1, config.cycles + 1):
         method_dir = stage_dir / f"cycle-{cycle}"
         began = time.perf_counter()
         outcome = training.self_improvement_cycle(
             current, data, method_dir, _tokens_seen(dict(config.cycle_training, seed=config.seed)),
             method=config.cycle_method,
-            lora=_lora(config, config.use_lora), limit=config.cycle_rows, backend="transformers",
-            max_new_tokens=protocol.max_new_tokens, seed=config.seed + cycle)
+            lora=_lora(config, config.use_lora), limit=config.cycle_rows, backend=protocol.backend,
+            max_new_tokens=protocol.max_new_tokens, seed=config.seed + cycle, generator=current_evaluated)
         if not outcome.get("trained"):
             results[f"cycle {cycle}"] = {"label": f"cycle {cycle}", "skipped": "no checked failure to learn from",
                                          **outcome}
@@ -279,7 +297,7 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
         result["seconds"] = time.perf_counter() - began  # generation + training: the cycle's whole cost
         results[f"cycle {cycle}"] = finish_model(result, method_dir, f"cycle {cycle}", str(current), protocol)
         results[f"cycle {cycle}"]["cycle"] = {k: outcome[k] for k in ("rows", "failed", "pairs")}
-        current = Path(outcome["path"])
+        current, current_evaluated = Path(outcome["path"]), results[f"cycle {cycle}"]["model"]
     return results
 
 
