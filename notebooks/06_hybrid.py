@@ -22,9 +22,10 @@
 # * **SFT → GRPO** on stage-02 prompts (TRL's `GRPOTrainer`): the reward is bfcl's official checker's verdict
 #   (1 or 0) on the completion, decoded by the study's literal-only decoder, so a malformed or malicious
 #   completion scores 0 and nothing the model wrote is ever run. No shaping term is added;
-# * **cycles**, the paper's hybrid loop: the current model answers training prompts, its own answers that the
-#   checker rejects become `rejected` (the verified reference `chosen`), it is trained on them (DPO or GRPO),
-#   and the result is evaluated; `cycles` rounds.
+# * **cycles**, the paper's hybrid loop: the current model answers training prompts as the evaluation runs it
+#   (its exported GGUF on stage 01's backend), its own answers that the checker rejects become `rejected` (the
+#   verified reference `chosen`), it is trained on them (DPO or GRPO), and the result is evaluated; `cycles`
+#   rounds.
 #
 # Every model is exported to GGUF and evaluated with stage 01's protocol. The paper names the compute cost of
 # hybrid cycles as its open problem, so each row below carries its training seconds beside its accuracy.
