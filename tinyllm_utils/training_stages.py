@@ -153,8 +153,8 @@ def _in_run(parent: str, run_root: Path) -> str:
     return path.relative_to(run_root).as_posix() if path.is_relative_to(run_root) else parent
 
 
-def _gguf_path(final: Path, method_dir: Path) -> Path:
-    return method_dir / "gguf" / f"{resolve_model(str(final)).name}-F16.gguf"
+def _gguf_path(method_dir: Path, name: str) -> Path:
+    return method_dir / "gguf" / f"{name}-F16.gguf"
 
 
 def evaluated_model(final: Path, method_dir: Path, protocol: EvalConfig) -> str:
@@ -164,7 +164,7 @@ def evaluated_model(final: Path, method_dir: Path, protocol: EvalConfig) -> str:
 
     if protocol.backend != "llama_cpp":
         return str(final)
-    gguf = _gguf_path(final, method_dir)
+    gguf = _gguf_path(method_dir, resolve_model(str(final)).name)
     return str(gguf if gguf.exists() else export_gguf(final, gguf))
 
 
@@ -188,7 +188,7 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     write_json_atomic(method_dir / "training.json", training)
     model = str(final)
     if protocol.backend == "llama_cpp":
-        model = str(export_gguf(final, _gguf_path(final, method_dir)))
+        model = str(export_gguf(final, _gguf_path(method_dir, spec.name)))
     metrics = evaluate(replace(protocol, model=model), method_dir / "eval" / spec.name, progress=True)
     return {"label": label, "path": str(final), "model": model, "training": training, "metrics": metrics,
             "curves": result.get("curves")}
