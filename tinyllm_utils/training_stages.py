@@ -104,6 +104,12 @@ def eval_protocol(stage_dir: str | Path, categories: list[str] | None = None) ->
     recorded = json.loads(runs[0].read_text())["parameters"]
     fields_ = {k: v for k, v in recorded.items() if k in EvalConfig.__dataclass_fields__}
     protocol = EvalConfig(**fields_)
+    if protocol.backend == "openai":
+        # checked before any training: a server answers for the model it serves, not for checkpoints made here
+        raise ValueError(f"stage 01 ({runs[0].parent}) evaluated through an OpenAI-compatible server (backend "
+                         "'openai'); the checkpoints these stages train are local files that server does not serve, "
+                         "so base and trained models would not be compared on one backend: run stage 01 with "
+                         "backend llama_cpp or transformers")
     if categories:
         unknown = set(categories) - set(protocol.categories)
         if unknown:
@@ -158,14 +164,15 @@ def _gguf_path(method_dir: Path, name: str) -> Path:
 
 
 def evaluated_model(final: Path, method_dir: Path, protocol: EvalConfig) -> str:
-    """What the evaluation runs for a trained checkpoint: its F16 GGUF on llama.cpp (exported by
-    `finish_model`; exported now if missing), else the folder itself."""
-    from tinyllm_utils.export import export_gguf
-
+    """What the evaluation runs for a trained checkpoint: on llama.cpp the F16 GGUF that `finish_model` exported
+    (read only: this stage does not write into the stage that trained it), else the folder itself."""
     if protocol.backend != "llama_cpp":
         return str(final)
     gguf = _gguf_path(method_dir, resolve_model(str(final)).name)
-    return str(gguf if gguf.exists() else export_gguf(final, gguf))
+    if not gguf.exists():
+        raise MissingStageError(f"no GGUF export {gguf} of {final}: rerun the stage that trained it "
+                                "(it exports every checkpoint it evaluates on llama.cpp)")
+    return str(gguf)
 
 
 def finish_model(result: dict, method_dir: Path, label: str, parent: str, protocol: EvalConfig) -> dict:
@@ -183,7 +190,8 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
                 "train_metrics": result.get("train_metrics"),
                 "curves": result.get("curves") and Path(result["curves"]).resolve().relative_to(
                     method_dir.resolve()).as_posix(),  # like checkpoint: a path in the method's folder
-                # rows trained; SFT leaves out rows longer than max_length (quick: 112 of 400 sampled)
+                # rows trained; SFT and DPO leave out rows (pairs) longer than max_length (quick's SFT: 112 of
+                # 400 sampled)
                 "rows": result.get("rows"), "dropped_too_long": result.get("dropped_too_long")}
     write_json_atomic(method_dir / "training.json", training)
     model = str(final)
