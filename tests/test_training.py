@@ -237,14 +237,34 @@ def _pairs():
 def test_dpo_lora_learns_the_preference(tiny, model, tmp_path):
     config = training.dpo_config_from_dict({"max_steps": 4, "learning_rate": 5e-3, "beta": 0.5, "save_steps": 4,
                                             "lr_scheduler_type": "constant"})
-    result = training.train_dpo(model, tiny[1], training.dpo_dataset(_pairs()), None, config,
+    too_long = {**_pairs()[0], "rejected": "[add(a=1, b=1)] " * 400}  # > max_length (2048): left out, not cut
+    pairs = _pairs().add_item(too_long)
+    result = training.train_dpo(model, tiny[1], training.dpo_dataset(pairs), None, config,
                                 training.default_lora(), tmp_path / "dpo")
+    assert (result["rows"], result["dropped_too_long"]) == (len(ROWS), 1)
     curves = training.pd.read_csv(tmp_path / "dpo" / "curves.csv")
     margins = curves["rewards/margins"].dropna().tolist()  # reference: the policy with its adapter disabled
     assert margins[-1] > margins[0] and curves["rewards/accuracies"].dropna().iloc[-1] > 0.5
     assert curves["loss"].dropna().iloc[-1] < curves["loss"].dropna().iloc[0]
     assert (tmp_path / "dpo" / "checkpoints" / "checkpoint-4").exists()
     assert resolve_model(result["path"]).method == "dpo_lora"
+
+
+def test_rows_that_do_not_fit_max_length_are_left_out_not_cut(tiny):
+    from datasets import Dataset
+
+    example = training._prompt_and_answer(ROWS[0], "gemma")
+    short, long = "[add(a=2)]<end_of_turn>", "[add(a=2, b=3)] " * 40
+    pairs = Dataset.from_list([{"prompt": example["prompt"], "chosen": example["completion"], "rejected": short},
+                               {"prompt": example["prompt"], "chosen": example["completion"], "rejected": long}])
+    fits = len(tiny[1](example["prompt"] + example["completion"]).input_ids) + 20  # the long answer does not
+    kept, dropped = training.drop_too_long(pairs, tiny[1], fits, ("chosen", "rejected"))
+    assert dropped == 1 and kept["rejected"] == [short]  # either answer too long drops the pair
+    assert training.drop_too_long(pairs, tiny[1], fits, ("chosen",))[1] == 0
+    sft_rows = training.sft_dataset(ROWS)
+    assert training.drop_too_long(sft_rows, tiny[1], None) == (sft_rows, 0)
+    with pytest.raises(ValueError, match="none of the 2 rows fits max_length=8"):
+        training.drop_too_long(pairs, tiny[1], 8, ("chosen", "rejected"))
 
 
 def test_checker_reward_scores_only_what_the_checker_accepts(tmp_path):
@@ -415,6 +435,57 @@ def test_best_model_ranks_on_the_categories_that_expect_a_call():
     assert best_model({"sft-lora": calls, "sft→dpo": tie}) == "sft→dpo"  # the plain mean breaks a tie
     with pytest.raises(MissingStageError, match="best"):
         best_model({"x": not_exported})
+
+
+def _stage01_run(run_root: Path, **parameters) -> Path:
+    """A stage-01 evaluation folder holding only the run.json the training stages read their protocol from."""
+    from dataclasses import asdict
+
+    from tinyllm_utils.evaluate import EvalConfig
+
+    folder = run_root / "01_baseline_evaluation" / "gemma-3-270m"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"parameters": asdict(EvalConfig(**parameters))}))
+    return run_root / "04_sft"
+
+
+def test_trained_models_are_evaluated_with_stage_01s_protocol(tmp_path):
+    from tinyllm_utils.training_stages import MissingStageError, eval_protocol
+
+    with pytest.raises(MissingStageError, match="run stage 01 first"):
+        eval_protocol(tmp_path / "empty" / "04_sft")
+    stage_dir = _stage01_run(tmp_path / "run", categories=["simple_python", "irrelevance"], limit=25, seed=3)
+    protocol = eval_protocol(stage_dir, ["irrelevance"])
+    assert (protocol.categories, protocol.limit, protocol.seed, protocol.backend) == (
+        ["irrelevance"], 25, 3, "llama_cpp")
+    with pytest.raises(ValueError, match="were not evaluated in stage 01"):
+        eval_protocol(stage_dir, ["multiple"])
+
+
+def test_a_stage_01_run_through_a_server_stops_training_stages_before_they_train(tmp_path):
+    """A server answers for the model it serves: checkpoints trained here would be scored on another model."""
+    from tinyllm_utils.training_stages import eval_protocol
+
+    stage_dir = _stage01_run(tmp_path, backend="openai")
+    with pytest.raises(ValueError, match="backend llama_cpp or transformers"):
+        eval_protocol(stage_dir)
+
+
+def test_a_cycle_reads_its_start_models_export_and_never_writes_one(tiny_dir, tmp_path):
+    from tinyllm_utils.evaluate import EvalConfig
+    from tinyllm_utils.training_stages import MissingStageError, _gguf_path, evaluated_model
+
+    method_dir = tmp_path / "04_sft" / "sft-lora"
+    method_dir.mkdir(parents=True)
+    llama_cpp, transformers = EvalConfig(backend="llama_cpp"), EvalConfig(backend="transformers")
+    assert evaluated_model(tiny_dir, method_dir, transformers) == str(tiny_dir)  # the folder is what runs
+    with pytest.raises(MissingStageError, match="rerun the stage that trained it"):
+        evaluated_model(tiny_dir, method_dir, llama_cpp)
+    assert not (method_dir / "gguf").exists()  # another stage's folder is left as it was
+    gguf = _gguf_path(method_dir, resolve_model(str(tiny_dir)).name)
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    assert evaluated_model(tiny_dir, method_dir, llama_cpp) == str(gguf)
 
 
 def test_a_parent_checkpoint_in_the_run_is_recorded_by_its_path_there(tmp_path, monkeypatch):

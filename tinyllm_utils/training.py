@@ -283,13 +283,20 @@ def grpo_dataset(data, prompt_format: str = "gemma", tokenizer=None):
     return Dataset.from_list(rows)
 
 
-def drop_too_long(dataset, tokenizer, max_length: int | None, text_columns=("prompt", "completion")):
-    """Rows whose prompt+answer fit `max_length` tokens, and how many were dropped: truncation that cuts the
-    whole answer trains on nothing with a silent zero loss (trl#6668)."""
+def drop_too_long(dataset, tokenizer, max_length: int | None, answer_columns=("completion",)):
+    """Rows whose prompt + each answer (SFT: the completion; DPO: chosen and rejected) fit `max_length` tokens,
+    and how many were dropped. The trainers would truncate the rest: a cut answer teaches a call that does not
+    parse, and one cut away entirely trains on nothing with a silent zero loss (trl#6668)."""
     if not max_length:
         return dataset, 0
-    kept = dataset.filter(lambda row: len(tokenizer("".join(row[c] for c in text_columns if c in row)).input_ids)
-                          <= max_length)
+
+    def fits(row) -> bool:
+        return all(len(tokenizer(row["prompt"] + row[column]).input_ids) <= max_length for column in answer_columns)
+
+    kept = dataset.filter(fits)
+    if len(dataset) and not len(kept):
+        raise ValueError(f"none of the {len(dataset)} rows fits max_length={max_length} tokens (prompt + "
+                         f"{' / '.join(answer_columns)}): raise max_length in the stage's training block")
     return kept, len(dataset) - len(kept)
 
 
@@ -555,12 +562,15 @@ def train_dpo(model, tokenizer, train_ds, eval_ds, dpo_config, lora=None, out_di
     done, work = _open(out_dir, key)
     if done is not None:
         return done
+    train_ds, dropped = drop_too_long(train_ds, tokenizer, dpo_config.max_length, ("chosen", "rejected"))
+    if eval_ds is not None:
+        eval_ds, _ = drop_too_long(eval_ds, tokenizer, dpo_config.max_length, ("chosen", "rejected"))
     if ref_model is None and lora is None and not dpo_config.precompute_ref_log_probs:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     trainer = trainer_classes()["dpo"](model=model, ref_model=ref_model, args=dpo_config, train_dataset=train_ds,
                                        eval_dataset=eval_ds, processing_class=tokenizer, peft_config=lora)
     return _train(trainer, "dpo" if lora is None else "dpo_lora", out_dir, key, tokenizer, spec, stage_key, name,
-                  work)
+                  work, dropped_too_long=dropped)
 
 
 def train_grpo(model, tokenizer, train_ds, eval_ds, grpo_config, lora=None, out_dir="grpo", *, reward_funcs=None,
