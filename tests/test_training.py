@@ -319,6 +319,22 @@ def test_self_improvement_cycle_trains_on_the_models_own_failures(tiny_dir, tmp_
     assert (spec.method, spec.stage_key, spec.parent) == ("dpo_lora", "06_cycle1", str(tiny_dir.resolve()))
 
 
+def test_a_cycle_whose_pairs_are_all_too_long_skips_with_the_reason(tiny_dir, tmp_path):
+    """Failures on prompts longer than max_length give pairs DPO could only train on cut answers: the cycle
+    does not train and says why, and its start model stays the current one."""
+    from conftest import FakeBackend
+    from datasets import Dataset, DatasetDict
+
+    stage02 = DatasetDict({"train": Dataset.from_list(ROWS), "validation": Dataset.from_list(ROWS[:1])})
+    result = training.self_improvement_cycle(str(tiny_dir), stage02, tmp_path / "cycle1",
+                                             {"max_steps": 1, "max_length": 8}, lora=training.default_lora(),
+                                             backend=FakeBackend(lambda prompt: "[add(a=0, b=0)]"))
+    assert not result["trained"] and result["pairs"] >= 1
+    assert "max_length=8" in result["skipped"]
+    assert result["path"] == str(tiny_dir.resolve())
+    assert not (tmp_path / "cycle1" / "dpo" / "final").exists()
+
+
 def test_a_cycle_answers_with_the_model_as_the_evaluation_runs_it(tiny_dir, tmp_path, monkeypatch):
     """Stage 06 hands the cycle the exported file and the evaluation's backend: the failures it learns from are
     the ones the evaluation counts; the checkpoint folder is still what it trains."""

@@ -283,6 +283,10 @@ def grpo_dataset(data, prompt_format: str = "gemma", tokenizer=None):
     return Dataset.from_list(rows)
 
 
+class NothingFitsError(ValueError):
+    """Every row is longer than the trainer's max_length: training would see nothing."""
+
+
 def drop_too_long(dataset, tokenizer, max_length: int | None, answer_columns=("completion",)):
     """Rows whose prompt + each answer (SFT: the completion; DPO: chosen and rejected) fit `max_length` tokens,
     and how many were dropped. The trainers would truncate the rest: a cut answer teaches a call that does not
@@ -295,7 +299,7 @@ def drop_too_long(dataset, tokenizer, max_length: int | None, answer_columns=("c
 
     kept = dataset.filter(fits)
     if len(dataset) and not len(kept):
-        raise ValueError(f"none of the {len(dataset)} rows fits max_length={max_length} tokens (prompt + "
+        raise NothingFitsError(f"none of the {len(dataset)} rows fits max_length={max_length} tokens (prompt + "
                          f"{' / '.join(answer_columns)}): raise max_length in the stage's training block")
     return kept, len(dataset) - len(kept)
 
@@ -607,7 +611,8 @@ def self_improvement_cycle(model_path: str | Path, dataset, out_dir: str | Path,
     same model as evaluation runs it (stage 06 passes its exported GGUF with the llama.cpp backend, so the
     cycle learns from the failures evaluation sees); default `model_path`. `dataset`: the stage-02
     DatasetDict; `backend`: a backend name or object with `generate` (tests pass a fake one). Returns
-    {"path": the new checkpoint (the old one when nothing failed), "seconds", "pairs", "failed", "rows"}.
+    {"path": the new checkpoint (the old one when it did not train), "seconds", "pairs", "failed", "rows",
+    "trained", and "skipped" (why) when it did not train: no checked failure, or no pair fits max_length}.
     Evaluation of the new checkpoint is the stage's job (the evaluation core)."""
     from tinyllm_utils import pairs as pairs_lib
 
@@ -627,13 +632,17 @@ def self_improvement_cycle(model_path: str | Path, dataset, out_dir: str | Path,
     built, outcomes = pairs_lib.build_pairs(kept, generations, pair_config)
     failed = [o["id"] for o in outcomes if o["outcome"] in ("used", "empty")]
     summary = {"rows": len(kept), "failed": len(failed), "pairs": len(built)}
+    untrained = {**summary, "path": spec.path or spec.name, "trained": False}
     if (method == "dpo" and not built) or (method == "grpo" and not failed):
-        return {**summary, "path": spec.path or spec.name, "seconds": time.perf_counter() - start, "trained": False}
+        return {**untrained, "seconds": time.perf_counter() - start, "skipped": "no checked failure to learn from"}
     model, tokenizer = load_for_training(spec)
     if method == "dpo":
         data = pairs_lib.to_preference_dataset(built, spec.prompt_format, tokenizer, splits=("train",))["train"]
-        result = train_dpo(model, tokenizer, dpo_dataset(data), None, dpo_config_from_dict(config), lora,
-                           out_dir / "dpo", spec=spec, stage_key=stage_key)
+        try:
+            result = train_dpo(model, tokenizer, dpo_dataset(data), None, dpo_config_from_dict(config), lora,
+                               out_dir / "dpo", spec=spec, stage_key=stage_key)
+        except NothingFitsError as error:  # its failures are all on prompts too long to train on: nothing to learn
+            return {**untrained, "seconds": time.perf_counter() - start, "skipped": str(error)}
     elif method == "grpo":
         failed_ids = set(failed)
         data = grpo_dataset([r for r in kept if r["id"] in failed_ids], spec.prompt_format, tokenizer)
