@@ -300,7 +300,7 @@ def drop_too_long(dataset, tokenizer, max_length: int | None, answer_columns=("c
     kept = dataset.filter(fits)
     if len(dataset) and not len(kept):
         raise NothingFitsError(f"none of the {len(dataset)} rows fits max_length={max_length} tokens (prompt + "
-                         f"{' / '.join(answer_columns)}): raise max_length in the stage's training block")
+                               f"{' / '.join(answer_columns)}): raise max_length in the stage's training block")
     return kept, len(dataset) - len(kept)
 
 
