@@ -335,6 +335,31 @@ def test_a_cycle_whose_pairs_are_all_too_long_skips_with_the_reason(tiny_dir, tm
     assert not (tmp_path / "cycle1" / "dpo" / "final").exists()
 
 
+def test_a_cycle_that_trains_nothing_leaves_the_next_cycle_to_try_other_rows(tiny_dir, tmp_path, monkeypatch):
+    """Stage 06 goes on after a cycle that could not train: the next cycle answers other rows (its own seed)
+    with the same current model, and each cycle's reason reaches the table."""
+    import shutil
+
+    from tinyllm_utils import training_stages
+
+    _stage01_run(tmp_path, backend="transformers")
+    shutil.copytree(tiny_dir, tmp_path / "04_sft" / "sft-lora" / "final")
+    monkeypatch.setattr(training_stages, "load_stage02", lambda stage_dir: "stage-02 rows")
+    asked = []
+
+    def cycle(current, data, method_dir, training_args, seed, **kwargs):
+        asked.append((Path(current).name, seed))
+        return {"trained": False, "skipped": f"no checked failure among seed {seed}'s rows", "path": str(current)}
+
+    monkeypatch.setattr(training, "self_improvement_cycle", cycle)
+    config = training_stages.HybridStageConfig(sft_dpo=None, sft_grpo=None, cycles=3, seed=5)
+    results = training_stages.run_hybrid_stage(config, tmp_path / "06_hybrid")
+    assert asked == [("final", 6), ("final", 7), ("final", 8)]
+    table = training_stages.summary_table(results)
+    assert list(table["method"]) == ["cycle 1", "cycle 2", "cycle 3"]
+    assert table["note"].str.startswith("no checked failure among seed").all()
+
+
 def test_a_cycle_answers_with_the_model_as_the_evaluation_runs_it(tiny_dir, tmp_path, monkeypatch):
     """Stage 06 hands the cycle the exported file and the evaluation's backend: the failures it learns from are
     the ones the evaluation counts; the checkpoint folder is still what it trains."""

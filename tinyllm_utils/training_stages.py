@@ -297,8 +297,9 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
             lora=_lora(config, config.use_lora), limit=config.cycle_rows, backend=protocol.backend,
             max_new_tokens=protocol.max_new_tokens, seed=config.seed + cycle, generator=current_evaluated)
         if not outcome.get("trained"):
+            # the model stays current; the next cycle answers other rows (its own seed) and may find pairs
             results[f"cycle {cycle}"] = {"label": f"cycle {cycle}", **outcome}
-            break
+            continue
         result = {"path": outcome["path"], "seconds": time.perf_counter() - began,
                   **json.loads((Path(outcome["path"]).parent / "result.json").read_text())}
         result["seconds"] = time.perf_counter() - began  # generation + training: the cycle's whole cost
