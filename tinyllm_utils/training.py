@@ -494,6 +494,10 @@ def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: Mode
 
     checkpoints = Path(trainer.args.output_dir)
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
+    # a resumed run's seconds count from its checkpoint, its token count from the start (the state carries it on)
+    at_resume = 0
+    if last:
+        at_resume = json.loads((Path(last) / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
     start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - start
@@ -502,6 +506,7 @@ def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: Mode
     write_text_atomic(out_dir / "curves.csv", curves.to_csv(index=False))
     final = save_final(trainer.model, tokenizer, out_dir / "final", spec, method, stage_key, name)
     result = manifest(key["config"], method=method, path=str(final), seconds=seconds, resumed_from=last,
+                      tokens_seen_at_resume=at_resume,
                       global_step=trainer.state.global_step, train_metrics=train_output.metrics,
                       final_metrics={k: float(curves[k].dropna().iloc[-1]) for k in STEP_CURVES
                                      if k in curves and curves[k].notna().any()},

@@ -184,9 +184,12 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     spec = replace(resolve_model(str(final)), method=label, parent=parent)
     spec.save(final)
     tokens = (result.get("train_metrics") or {}).get("num_input_tokens_seen") or result.get("tokens_seen")
+    # a resumed run's seconds are this process's, from its checkpoint on: so are the tokens its rate counts
+    tokens_here = tokens - (result.get("tokens_seen_at_resume") or 0) if tokens else None
     training = {"method": label, "parent": parent, "checkpoint": str(final.relative_to(method_dir)),
                 "seconds": result["seconds"], "steps": result.get("global_step"),
-                "tokens_seen": tokens, "tokens_per_s": (tokens / result["seconds"]) if tokens else None,
+                "resumed_from": result.get("resumed_from") and Path(result["resumed_from"]).name,
+                "tokens_seen": tokens, "tokens_per_s": (tokens_here / result["seconds"]) if tokens else None,
                 "train_metrics": result.get("train_metrics"),
                 "curves": result.get("curves") and Path(result["curves"]).resolve().relative_to(
                     method_dir.resolve()).as_posix(),  # like checkpoint: a path in the method's folder
