@@ -203,6 +203,10 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
     at_resume = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
     assert resumed["tokens_seen_at_resume"] == at_resume["num_input_tokens_seen"] > 0
     assert resumed["train_metrics"]["num_input_tokens_seen"] > resumed["tokens_seen_at_resume"]
+    # and its seconds from step 0: checkpoint-3's, then this run's (stage 07's training_seconds_total reads them)
+    clock = json.loads((out / "checkpoints" / "checkpoint-3" / training.CLOCK_FILE).read_text())
+    assert resumed["seconds_at_resume"] == clock["seconds"] > 0
+    assert resumed["seconds"] > resumed["seconds_at_resume"]
     assert (Path(resumed["path"]) / "model_spec.json").exists()
     # other parameters in the same folder are refused, naming what differs
     with pytest.raises(ValueError, match="config"):

@@ -488,25 +488,51 @@ def release_memory() -> None:
         pass
 
 
+CLOCK_FILE = "training_seconds.json"
+
+
+def training_clock(seconds_before: float):
+    """A callback that writes the training seconds so far into each checkpoint it follows (CLOCK_FILE), so a
+    resumed run adds its own to those: a model's `seconds` is then the training that produced it, from step 0
+    (the time between the last checkpoint and a kill was lost, not spent on this model, and is not counted)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class TrainingClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_save(self, args, state, control, **kwargs):  # called right after the checkpoint's files
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                write_json_atomic(folder / CLOCK_FILE, {"seconds": seconds_before + time.perf_counter() - self.start})
+
+    return TrainingClock()
+
+
 def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: ModelSpec | None,
            stage_key: str | None, name: str | None, work, **extra) -> dict:
     from transformers.trainer_utils import get_last_checkpoint
 
     checkpoints = Path(trainer.args.output_dir)
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
-    # a resumed run's seconds count from its checkpoint, its token count from the start (the state carries it on)
-    at_resume = 0
+    # what the checkpoint a run resumes from had trained: TRL's state carries the token count on; the seconds are
+    # the clock's (None from a checkpoint written without it: `seconds` then counts only this process's)
+    tokens_at_resume, seconds_at_resume = 0, None
     if last:
-        at_resume = json.loads((Path(last) / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+        tokens_at_resume = json.loads((Path(last) / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+        clock = Path(last) / CLOCK_FILE
+        seconds_at_resume = json.loads(clock.read_text())["seconds"] if clock.exists() else None
+    trainer.add_callback(training_clock(seconds_at_resume or 0.0))
     start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=last)
-    seconds = time.perf_counter() - start
+    seconds = (seconds_at_resume or 0.0) + time.perf_counter() - start
     release_memory()  # the steps' activations are freed: give them back before the merge, save and export
     curves = curves_frame(trainer.state.log_history)
     write_text_atomic(out_dir / "curves.csv", curves.to_csv(index=False))
     final = save_final(trainer.model, tokenizer, out_dir / "final", spec, method, stage_key, name)
     result = manifest(key["config"], method=method, path=str(final), seconds=seconds, resumed_from=last,
-                      tokens_seen_at_resume=at_resume,
+                      tokens_seen_at_resume=tokens_at_resume, seconds_at_resume=seconds_at_resume,
                       global_step=trainer.state.global_step, train_metrics=train_output.metrics,
                       final_metrics={k: float(curves[k].dropna().iloc[-1]) for k in STEP_CURVES
                                      if k in curves and curves[k].notna().any()},

@@ -184,12 +184,15 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     spec = replace(resolve_model(str(final)), method=label, parent=parent)
     spec.save(final)
     tokens = (result.get("train_metrics") or {}).get("num_input_tokens_seen") or result.get("tokens_seen")
-    # a resumed run's seconds are this process's, from its checkpoint on: so are the tokens its rate counts
+    # a resumed run's rate is this process's: the tokens and seconds since its checkpoint (`seconds` itself counts
+    # from step 0 where the checkpoint recorded its own, training.training_clock)
+    seconds_here = result["seconds"] - (result.get("seconds_at_resume") or 0)
     tokens_here = tokens - (result.get("tokens_seen_at_resume") or 0) if tokens else None
     training = {"method": label, "parent": parent, "checkpoint": str(final.relative_to(method_dir)),
                 "seconds": result["seconds"], "steps": result.get("global_step"),
                 "resumed_from": result.get("resumed_from") and Path(result["resumed_from"]).name,
-                "tokens_seen": tokens, "tokens_per_s": (tokens_here / result["seconds"]) if tokens else None,
+                "seconds_at_resume": result.get("seconds_at_resume"),
+                "tokens_seen": tokens, "tokens_per_s": tokens_here / seconds_here if tokens else None,
                 "train_metrics": result.get("train_metrics"),
                 "curves": result.get("curves") and Path(result["curves"]).resolve().relative_to(
                     method_dir.resolve()).as_posix(),  # like checkpoint: a path in the method's folder
