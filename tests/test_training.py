@@ -370,6 +370,37 @@ def test_a_cycle_that_trains_nothing_leaves_the_next_cycle_to_try_other_rows(tin
     assert table["note"].str.startswith("no checked failure among seed").all()
 
 
+def test_a_resumed_cycle_counts_the_training_its_checkpoint_had_done(tiny_dir, tmp_path, monkeypatch):
+    """A cycle's seconds are its whole cost: resumed, this process's generation + training plus the training
+    seconds its checkpoint recorded; its tokens/s divides only the tokens this process trained."""
+    import shutil
+
+    from tinyllm_utils import training_stages
+
+    _stage01_run(tmp_path, backend="transformers")
+    shutil.copytree(tiny_dir, tmp_path / "04_sft" / "sft-lora" / "final")
+    monkeypatch.setattr(training_stages, "load_stage02", lambda stage_dir: "stage-02 rows")
+    monkeypatch.setattr(training_stages, "evaluate", lambda config, out, progress: {"categories": {}})
+
+    def cycle(current, data, method_dir, training_args, seed, **kwargs):
+        final = method_dir / "dpo" / "final"
+        shutil.copytree(tiny_dir, final)
+        (final.parent / "result.json").write_text(json.dumps({
+            "path": str(final), "seconds": 130.0, "seconds_at_resume": 100.0, "tokens_seen_at_resume": 1000,
+            "resumed_from": str(method_dir / "dpo" / "checkpoints" / "checkpoint-10"), "global_step": 12,
+            "train_metrics": {"num_input_tokens_seen": 4000}}))
+        return {"trained": True, "path": str(final), "rows": 12, "failed": 7, "pairs": 7}
+
+    monkeypatch.setattr(training, "self_improvement_cycle", cycle)
+    config = training_stages.HybridStageConfig(sft_dpo=None, sft_grpo=None, cycles=1)
+    training_stages.run_hybrid_stage(config, tmp_path / "06_hybrid")
+    recorded = json.loads((tmp_path / "06_hybrid" / "cycle-1" / "training.json").read_text())
+    here = recorded["seconds"] - 100.0  # this process's part
+    assert 0 < here < 60 and recorded["seconds_at_resume"] == 100.0
+    assert recorded["resumed_from"] == "checkpoint-10"
+    assert recorded["tokens_per_s"] == pytest.approx(3000 / here)
+
+
 def test_a_cycle_answers_with_the_model_as_the_evaluation_runs_it(tiny_dir, tmp_path, monkeypatch):
     """Stage 06 hands the cycle the exported file and the evaluation's backend: the failures it learns from are
     the ones the evaluation counts; the checkpoint folder is still what it trains."""

@@ -306,9 +306,9 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
             # the model stays current; the next cycle answers other rows (its own seed) and may find pairs
             results[f"cycle {cycle}"] = {"label": f"cycle {cycle}", **outcome}
             continue
-        result = {"path": outcome["path"], "seconds": time.perf_counter() - began,
-                  **json.loads((Path(outcome["path"]).parent / "result.json").read_text())}
-        result["seconds"] = time.perf_counter() - began  # generation + training: the cycle's whole cost
+        result = {"path": outcome["path"], **json.loads((Path(outcome["path"]).parent / "result.json").read_text())}
+        # generation + training: the cycle's whole cost (resumed: plus the training its checkpoint had done)
+        result["seconds"] = time.perf_counter() - began + (result.get("seconds_at_resume") or 0)
         results[f"cycle {cycle}"] = finish_model(result, method_dir, f"cycle {cycle}", str(current), protocol)
         results[f"cycle {cycle}"]["cycle"] = {k: outcome[k] for k in ("rows", "failed", "pairs")}
         current, current_evaluated = Path(outcome["path"]), results[f"cycle {cycle}"]["model"]
