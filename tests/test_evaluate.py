@@ -107,10 +107,14 @@ def test_multi_turn_loop_executes_and_feeds_back_results(category):
 def test_rescoring_from_disk_agrees_and_detects_tampering(fake, tmp_path):
     from tinyllm_utils.evaluate import rescore
 
-    evaluate(EvalConfig(categories=["simple_python", "irrelevance"], limit=3), tmp_path, progress=False)
+    metrics = evaluate(EvalConfig(categories=["simple_python", "irrelevance"], limit=3), tmp_path, progress=False)
     assert rescore(tmp_path)["changed"] == []
     path = tmp_path / "predictions" / "simple_python.jsonl"
     rows = read_jsonl(path)
+    # a row of an entry this evaluation did not select (the folder may hold more): not counted, as in evaluate
+    other = next(e.id for e in load_category("simple_python") if e.id not in {r["id"] for r in rows})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + [{**rows[0], "id": other}]))
+    assert rescore(tmp_path)["metrics"]["categories"] == metrics["categories"]
     rows[0]["raw"] = "I would rather not."
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert rescore(tmp_path)["changed"] == [rows[0]["id"]]

@@ -78,6 +78,41 @@ def test_edited_file_parameter_changes_the_key(tmp_path):
     assert set(before) == {str(review)} and before != after
 
 
+def test_a_folder_parameter_edited_in_place_changes_the_key(tmp_path):
+    """A user dataset saved with `save_to_disk`, a checkpoint folder: their files count like a file's."""
+    dataset = tmp_path / "my_dataset"
+    (dataset / "train").mkdir(parents=True)
+    (dataset / "train" / "data-00000-of-00001.arrow").write_bytes(b"rows v1")
+    before = stage.file_digests({"user_datasets": [{"path": str(dataset)}]})
+    (dataset / "train" / "data-00000-of-00001.arrow").write_bytes(b"rows v2")
+    after = stage.file_digests({"user_datasets": [{"path": str(dataset)}]})
+    assert set(before) == {str(dataset)} and before != after
+    project = Path(stage.__file__).resolve().parents[1]  # "." names the project, not a parameter's folder
+    assert stage.file_digests({"where": "."}, resolve=lambda v: project / v) == {}
+
+
+def test_the_key_covers_the_libraries_a_stage_runs_on():
+    code = pipeline.stage_material("01_baseline_evaluation", {}, {})["code"]
+    assert {"bfcl-eval", "llama-cpp-python", "torch", "transformers", "trl"} <= set(code["libraries"])
+    assert code["libraries"]["bfcl-eval"]  # installed: its version, so an upgrade reruns the stages
+
+
+def test_a_stage_opened_outside_the_pipeline_sets_the_later_stages_aside(tmp_path):
+    """`training_stages --stage 04_sft` (accelerate) reruns 04: 06-08, trained or scored from the old 04, must not
+    stay beside its new results for the analysis to mix."""
+    plan = pipeline.resolve_profile("smoke")["stages"]
+    (tmp_path / "06_hybrid" / "sft-dpo").mkdir(parents=True)
+    (tmp_path / "07_analysis").mkdir()
+    work = pipeline.open_stage(tmp_path, "04_sft", plan["04_sft"], plan)
+    assert work.status == "run"
+    assert not (tmp_path / "06_hybrid").exists() and not (tmp_path / "07_analysis").exists()
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / ".stale").iterdir()) == ["06_hybrid", "07_analysis"]
+    stage.finish_work(work)
+    (tmp_path / "06_hybrid").mkdir()  # a done stage opened again sets nothing aside
+    assert pipeline.open_stage(tmp_path, "04_sft", plan["04_sft"], plan).status == "done"
+    assert (tmp_path / "06_hybrid").exists()
+
+
 def test_code_version_covers_sources_not_profiles():
     assert len(stage.package_code_version()) == 64
     assert "configs/profiles.yaml" in stage.NOT_CODE

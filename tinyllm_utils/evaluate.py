@@ -157,14 +157,20 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
 
 
 def rescore(out_dir: str | Path) -> dict:
-    """Score saved raw outputs again, from disk alone; returns metrics and the ids whose verdict changed."""
+    """Score saved raw outputs again, from disk alone; returns metrics and the ids whose verdict changed. Only the
+    entries the evaluation selected count (metrics.json), as in `evaluate`: the folder may hold more."""
     out_dir = Path(out_dir)
     predictions, changed = {}, []
     run_file = out_dir / "run.json"  # runs from before parsers were recorded used the Python-call decoder
     parser_id = json.loads(run_file.read_text()).get("parser", "python_ast") if run_file.exists() else "python_ast"
     parser = model_families.parser_by_name(parser_id)
+    metrics_file = out_dir / "metrics.json"
+    selected = json.loads(metrics_file.read_text()).get("selected_ids") if metrics_file.exists() else None
     for path in sorted((out_dir / "predictions").glob("*.jsonl")):
-        rows = read_jsonl(path)
+        if selected is not None and path.stem not in selected:
+            continue
+        ids = None if selected is None else set(selected[path.stem])
+        rows = [row for row in read_jsonl(path) if ids is None or row["id"] in ids]
         examples = {e.id: e for e in load_category(path.stem)}
         for row in rows:
             if (row.get("error_type") or "").startswith(("inference:", "multi_turn:force_terminated")):

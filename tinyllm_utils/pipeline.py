@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from tinyllm_utils import stage as stage_lib
-from tinyllm_utils.results import manifest, write_json_atomic
+from tinyllm_utils.results import manifest, package_versions, write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -186,18 +186,34 @@ def _check_pairing(stage: str) -> None:
 
 
 def stage_material(stage: str, parameters: dict, inputs: dict[str, str | None]) -> dict:
-    """What a stage's key covers: its parameters, its inputs' keys, the files its parameters name, the code."""
+    """What a stage's key covers: its parameters, its inputs' keys, the files its parameters name, the code (the
+    package, the notebook, and the versions of the libraries it runs on: bfcl's checkers, llama.cpp, torch...)."""
     return {"parameters": parameters, "inputs": inputs,
             "files": stage_lib.file_digests(parameters, resolve=lambda v: PROJECT_ROOT / v),
             "code": {"package": stage_lib.package_code_version(),
-                     "notebook": stage_lib.notebook_code_version(notebook_path(stage))}}
+                     "notebook": stage_lib.notebook_code_version(notebook_path(stage)),
+                     "libraries": {name: v for name, v in package_versions().items() if name != "tinyllm-utils"}}}
+
+
+def set_aside_downstream(run_root: Path, stage: str, plan, prefix: str = "") -> None:
+    """Results computed from this stage's old ones no longer hold, even where this call does not rerun them: set
+    them aside now, so that no reader (the analysis, `make figures`) mixes them with the new ones."""
+    for later in downstream(stage, plan):
+        moved = stage_lib.set_aside(run_root / later)
+        if moved:
+            print(f"{prefix or stage}: {later} was computed from its previous results: set aside in {moved}",
+                  flush=True)
 
 
 def open_stage(run_root: Path, stage: str, parameters: dict, plan) -> "stage_lib.Work":
     """Open a stage's folder under the key the pipeline gives it (for runs outside the pipeline, e.g. a stage
-    under `accelerate launch`): the pipeline later finds the same key and resumes instead of starting over."""
+    under `accelerate launch`): the pipeline later finds the same key and resumes instead of starting over.
+    Like the pipeline, it sets aside the later stages' results unless the stage is done."""
     inputs = {s: stage_lib.completed_key(run_root / s) for s in stage_inputs(stage, plan)}
-    return stage_lib.open_work(run_root / stage, stage_material(stage, parameters, inputs))
+    work = stage_lib.open_work(run_root / stage, stage_material(stage, parameters, inputs))
+    if work.status != "done":
+        set_aside_downstream(run_root, stage, plan)
+    return work
 
 
 # glibc settings for each stage's kernel: keep freed memory and reuse it rather than unmap large blocks after each
@@ -285,12 +301,7 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
             continue
         print(f"{prefix}: {work.describe()} -> {out}" + (f" (previous results in {work.moved_to})"
                                                          if work.moved_to else ""), flush=True)
-        # results computed from this stage's old ones no longer hold, even where this call does not rerun them:
-        # set them aside now, so that no reader (the analysis, `make figures`) mixes them with the new ones
-        for later in downstream(stage, plan):
-            moved = stage_lib.set_aside(run_root / later)
-            if moved:
-                print(f"{prefix}: {later} was computed from its previous results: set aside in {moved}", flush=True)
+        set_aside_downstream(run_root, stage, plan, prefix)
         start = time.time()
         papermill.execute_notebook(
             str(notebook_path(stage)), str(out / f"{stage}.ipynb"), parameters=dict(parameters, stage_dir=str(out)),

@@ -60,10 +60,23 @@ def notebook_code_version(notebook: Path) -> str:
     return digest([(c["cell_type"], "".join(c["source"])) for c in cells])
 
 
+def _folder_digest(folder: Path) -> str:
+    """sha256 over a folder's files, each named by its relative path (a `save_to_disk` dataset, a checkpoint)."""
+    sha = hashlib.sha256()
+    for file in sorted(f for f in folder.rglob("*") if f.is_file()):
+        sha.update(file.relative_to(folder).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                sha.update(chunk)
+    return sha.hexdigest()
+
+
 def file_digests(parameters, resolve=Path) -> dict[str, str]:
-    """sha256 of every existing file a parameter value names (a review CSV, a local user dataset), so that
-    editing such a file in place changes the key just as changing the parameter would."""
+    """sha256 of every existing file or folder a parameter value names (a review CSV, a local user dataset saved
+    with `save_to_disk`, a checkpoint folder), so that editing one in place changes the key just as changing the
+    parameter would. A folder holding the project (".") is not one a parameter means."""
     found: dict[str, str] = {}
+    project = Path(__file__).resolve().parents[1]
 
     def walk(value):
         if isinstance(value, dict):
@@ -76,6 +89,8 @@ def file_digests(parameters, resolve=Path) -> dict[str, str]:
             path = resolve(value)
             if path.is_file():
                 found[value] = hashlib.sha256(path.read_bytes()).hexdigest()
+            elif path.is_dir() and not project.is_relative_to(path.resolve()):
+                found[value] = _folder_digest(path)
 
     walk(parameters)
     return found
