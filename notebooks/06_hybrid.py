@@ -41,11 +41,12 @@ cycles = 1  # self-improvement rounds
 cycle_method = "dpo"  # dpo | grpo
 cycle_rows = 2  # training prompts answered per cycle
 cycle_training = {"max_steps": 1, "learning_rate": 5e-6,
-                  "per_device_train_batch_size": 1}  # the cycle trainer's config fields
+                  "per_device_train_batch_size": 1}  # trl.DPOConfig fields (GRPOConfig with cycle_method grpo)
 use_lora = True
 lora = {}
 train_pairs = None  # seeded sample of stage-03 train pairs for SFT -> DPO; None for all
 grpo_rows = 8  # seeded sample of stage-02 train rows as GRPO prompts
+grpo_max_prompt_length = 1024  # GRPO leaves out longer prompts (TRL 1.16 has no option of its own)
 evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None for all of them
 seed = 0
 stage_dir = "outputs/smoke/06_hybrid"

@@ -194,10 +194,12 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
     (out / "stage.json").rename(out / "stage.running.json")
     import shutil
 
-    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    # killed while saving checkpoint-6: weights written, not the trainer state (transformers writes it last)
+    (out / "checkpoints" / "checkpoint-6" / "trainer_state.json").unlink()
     shutil.rmtree(final)
     resumed = training.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(), training.default_lora(), out)
     assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["global_step"] == 6
+    assert (out / "checkpoints" / "checkpoint-6" / "trainer_state.json").exists()  # written whole this time
     # its seconds count from checkpoint-3: the tokens its rate divides must too (quick's resumed SFT read 153
     # tokens/s for 68)
     at_resume = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
@@ -302,7 +304,15 @@ def test_grpo_runs_with_the_checker_reward(tiny, model, tmp_path):
     data = training.grpo_dataset(ROWS)
     config = training.grpo_config_from_dict({"max_steps": 2, "num_generations": 2, "per_device_train_batch_size": 2,
                                              "max_completion_length": 8, "save_steps": 2})
-    result = training.train_grpo(model, tiny[1], data, None, config, training.default_lora(), tmp_path / "grpo")
+    # a prompt longer than max_prompt_length is left out (TRL 1.16 has no option of its own)
+    longest = max(len(tiny[1](prompt).input_ids) for prompt in data["prompt"])
+    long_row = _row(8, "What is 2 plus 3? " * 20, [{"add": {"a": 2, "b": 3}}])
+    data = training.grpo_dataset(ROWS + [long_row])
+    result = training.train_grpo(model, tiny[1], data, None, config, training.default_lora(), tmp_path / "grpo",
+                                 max_prompt_length=longest)
+    assert (result["rows"], result["dropped_too_long"], result["global_step"]) == (4, 1, 2)
+    with pytest.raises(training.NothingFitsError, match="max_length=8"):
+        training.train_grpo(model, tiny[1], data, None, config, None, tmp_path / "grpo-short", max_prompt_length=8)
     curves = training.pd.read_csv(tmp_path / "grpo" / "curves.csv")
     assert {"reward", "reward_std", "rewards/checker_reward/mean"} <= set(curves.columns)
     assert curves["reward"].between(0, 1).all()  # a random model earns nothing, but the loop ran end to end
@@ -324,9 +334,37 @@ def test_self_improvement_cycle_trains_on_the_models_own_failures(tiny_dir, tmp_
                                              {"max_steps": 2, "learning_rate": 1e-3}, lora=training.default_lora(),
                                              backend=wrong, stage_key="06_cycle1")
     assert result["trained"] and result["rows"] == 4 and result["failed"] == 3 and result["pairs"] == 3
-    assert result["seconds"] > 0
+    # its answering: the seconds the generator recorded per answer (the fake's 1 ms each); its training's, result.json's
+    assert result["generation_seconds"] == pytest.approx(4 * 0.001)
+    trained = json.loads((tmp_path / "cycle1" / "dpo" / "result.json").read_text())
+    assert json.loads((tmp_path / "cycle1" / "cycle.json").read_text())["seconds"] == trained["seconds"] > 0
     spec = resolve_model(result["path"])
     assert (spec.method, spec.stage_key, spec.parent) == ("dpo_lora", "06_cycle1", str(tiny_dir.resolve()))
+    # rerun (a stage resumed after the cycle trained): nothing answered or trained again, the same cost
+    silent = FakeBackend(lambda prompt: pytest.fail("answered again"))
+    again = training.self_improvement_cycle(str(tiny_dir), stage02, tmp_path / "cycle1",
+                                            {"max_steps": 2, "learning_rate": 1e-3}, lora=training.default_lora(),
+                                            backend=silent, stage_key="06_cycle1")
+    assert (again["path"], again["generation_seconds"], silent.calls) == (result["path"], result["generation_seconds"], 0)
+    assert json.loads((tmp_path / "cycle1" / "dpo" / "result.json").read_text()) == trained
+
+
+def test_a_cycle_checks_its_training_block_before_it_answers(tiny_dir, tmp_path):
+    """A GRPO cycle given a DPO block (max_length is DPOConfig's) fails at once, not after minutes of answering."""
+    from conftest import FakeBackend
+    from datasets import Dataset, DatasetDict
+
+    stage02 = DatasetDict({"train": Dataset.from_list(ROWS), "validation": Dataset.from_list(ROWS[:1])})
+    backend = FakeBackend(lambda prompt: "[add(a=0, b=0)]")
+    with pytest.raises(TypeError, match="max_length"):
+        training.self_improvement_cycle(str(tiny_dir), stage02, tmp_path / "cycle1", {"max_length": 1024},
+                                        method="grpo", backend=backend)
+    assert backend.calls == 0
+
+
+def test_an_empty_training_set_is_refused_by_name(tiny, model, tmp_path):
+    with pytest.raises(ValueError, match="sft: the training set is empty"):
+        training.train_sft(model, tiny[1], training.sft_dataset([]), None, _sft_config(), None, tmp_path / "sft")
 
 
 def test_a_cycle_whose_pairs_are_all_too_long_skips_with_the_reason(tiny_dir, tmp_path):
@@ -370,9 +408,13 @@ def test_a_cycle_that_trains_nothing_leaves_the_next_cycle_to_try_other_rows(tin
     assert table["note"].str.startswith("no checked failure among seed").all()
 
 
-def test_a_resumed_cycle_counts_the_training_its_checkpoint_had_done(tiny_dir, tmp_path, monkeypatch):
-    """A cycle's seconds are its whole cost: resumed, this process's generation + training plus the training
-    seconds its checkpoint recorded; its tokens/s divides only the tokens this process trained."""
+@pytest.mark.parametrize("tokens_at_resume, rate", [(1000, 3000 / 30), (4000, None)])
+def test_a_cycles_seconds_are_its_answering_and_its_training_from_step_0(tiny_dir, tmp_path, monkeypatch,
+                                                                          tokens_at_resume, rate):
+    """A cycle costs its answering (the generator's recorded seconds) and its training (result.json: from step 0
+    when resumed); its tokens/s divides only the tokens and seconds its last process trained (none, when it was
+    killed after its last checkpoint: no rate). A rerun that only re-evaluates records the same, and result.json's
+    paths from where the run was written are not used."""
     import shutil
 
     from tinyllm_utils import training_stages
@@ -384,21 +426,24 @@ def test_a_resumed_cycle_counts_the_training_its_checkpoint_had_done(tiny_dir, t
 
     def cycle(current, data, method_dir, training_args, seed, **kwargs):
         final = method_dir / "dpo" / "final"
-        shutil.copytree(tiny_dir, final)
+        if not final.exists():
+            shutil.copytree(tiny_dir, final)
         (final.parent / "result.json").write_text(json.dumps({
-            "path": str(final), "seconds": 130.0, "seconds_at_resume": 100.0, "tokens_seen_at_resume": 1000,
+            "path": "/elsewhere/dpo/final", "curves": "/elsewhere/dpo/curves.csv", "method": "dpo_lora",
+            "seconds": 130.0, "seconds_at_resume": 100.0, "tokens_seen_at_resume": tokens_at_resume,
             "resumed_from": str(method_dir / "dpo" / "checkpoints" / "checkpoint-10"), "global_step": 12,
-            "train_metrics": {"num_input_tokens_seen": 4000}}))
-        return {"trained": True, "path": str(final), "rows": 12, "failed": 7, "pairs": 7}
+            "epoch": 1.0, "train_metrics": {"num_input_tokens_seen": 4000}}))
+        return {"trained": True, "path": str(final), "rows": 12, "failed": 7, "pairs": 7, "generation_seconds": 20.0}
 
     monkeypatch.setattr(training, "self_improvement_cycle", cycle)
     config = training_stages.HybridStageConfig(sft_dpo=None, sft_grpo=None, cycles=1)
-    training_stages.run_hybrid_stage(config, tmp_path / "06_hybrid")
-    recorded = json.loads((tmp_path / "06_hybrid" / "cycle-1" / "training.json").read_text())
-    here = recorded["seconds"] - 100.0  # this process's part
-    assert 0 < here < 60 and recorded["seconds_at_resume"] == 100.0
-    assert recorded["resumed_from"] == "checkpoint-10"
-    assert recorded["tokens_per_s"] == pytest.approx(3000 / here)
+    for _ in range(2):
+        training_stages.run_hybrid_stage(config, tmp_path / "06_hybrid")
+        recorded = json.loads((tmp_path / "06_hybrid" / "cycle-1" / "training.json").read_text())
+        assert (recorded["seconds"], recorded["generation_seconds"], recorded["seconds_at_resume"]) == (150, 20, 100)
+        assert recorded["tokens_per_s"] == pytest.approx(rate)
+        assert (recorded["resumed_from"], recorded["training_method"]) == ("checkpoint-10", "dpo_lora")
+        assert recorded["curves"] == "dpo/curves.csv"
 
 
 def test_a_cycle_answers_with_the_model_as_the_evaluation_runs_it(tiny_dir, tmp_path, monkeypatch):

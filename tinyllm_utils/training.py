@@ -38,6 +38,7 @@ import ctypes
 import functools
 import gc
 import json
+import shutil
 import time
 import types
 from dataclasses import replace
@@ -288,14 +289,16 @@ class NothingFitsError(ValueError):
 
 
 def drop_too_long(dataset, tokenizer, max_length: int | None, answer_columns=("completion",)):
-    """Rows whose prompt + each answer (SFT: the completion; DPO: chosen and rejected) fit `max_length` tokens,
-    and how many were dropped. The trainers would truncate the rest: a cut answer teaches a call that does not
-    parse, and one cut away entirely trains on nothing with a silent zero loss (trl#6668)."""
+    """Rows whose prompt + each answer (SFT: the completion; DPO: chosen and rejected; GRPO, no answer column:
+    the prompt alone) fit `max_length` tokens, and how many were dropped. The trainers would truncate the rest: a
+    cut answer teaches a call that does not parse, and one cut away entirely trains on nothing with a silent zero
+    loss (trl#6668)."""
     if not max_length:
         return dataset, 0
 
     def fits(row) -> bool:
-        return all(len(tokenizer(row["prompt"] + row[column]).input_ids) <= max_length for column in answer_columns)
+        texts = [row["prompt"] + row[column] for column in answer_columns] or [row["prompt"]]
+        return all(len(tokenizer(text).input_ids) <= max_length for text in texts)
 
     kept = dataset.filter(fits)
     if len(dataset) and not len(kept):
@@ -510,12 +513,29 @@ def training_clock(seconds_before: float):
     return TrainingClock()
 
 
+def resume_checkpoint(checkpoints: str | Path) -> str | None:
+    """The newest `checkpoint-<step>` folder whose trainer state is readable, or None; newer folders without one
+    (a run killed while saving: transformers writes the state last) are removed. `get_last_checkpoint` would take
+    the half-written one and fail on every rerun, and checkpoint rotation would keep it and delete a whole one."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    def step(folder: Path) -> int:
+        suffix = folder.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        return int(suffix) if suffix.isdigit() else -1
+
+    folders = [f for f in Path(checkpoints).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if f.is_dir() and step(f) >= 0]
+    for folder in sorted(folders, key=step, reverse=True):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+            return str(folder)
+        except (OSError, ValueError):
+            shutil.rmtree(folder)
+    return None
+
+
 def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: ModelSpec | None,
            stage_key: str | None, name: str | None, work, **extra) -> dict:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    checkpoints = Path(trainer.args.output_dir)
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
+    last = resume_checkpoint(trainer.args.output_dir)
     # what the checkpoint a run resumes from had trained: TRL's state carries the token count on; the seconds are
     # the clock's (None from a checkpoint written without it: `seconds` then counts only this process's)
     tokens_at_resume, seconds_at_resume = 0, None
@@ -533,7 +553,8 @@ def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: Mode
     final = save_final(trainer.model, tokenizer, out_dir / "final", spec, method, stage_key, name)
     result = manifest(key["config"], method=method, path=str(final), seconds=seconds, resumed_from=last,
                       tokens_seen_at_resume=tokens_at_resume, seconds_at_resume=seconds_at_resume,
-                      global_step=trainer.state.global_step, train_metrics=train_output.metrics,
+                      global_step=trainer.state.global_step, epoch=trainer.state.epoch,
+                      train_metrics=train_output.metrics,
                       final_metrics={k: float(curves[k].dropna().iloc[-1]) for k in STEP_CURVES
                                      if k in curves and curves[k].notna().any()},
                       run_key=key, curves=str(out_dir / "curves.csv"), rows=len(trainer.train_dataset), **extra)
@@ -557,6 +578,8 @@ def train_end_token(lora, tokenizer):
 
 
 def _prepare(method: str, model, tokenizer, config, lora, train_ds, eval_ds, out_dir, spec):
+    if not len(train_ds):
+        raise ValueError(f"{method}: the training set is empty (no rows or pairs to train on)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = spec or getattr(model, "_tinyllm_spec", None)
@@ -609,22 +632,30 @@ def train_dpo(model, tokenizer, train_ds, eval_ds, dpo_config, lora=None, out_di
 
 
 def train_grpo(model, tokenizer, train_ds, eval_ds, grpo_config, lora=None, out_dir="grpo", *, reward_funcs=None,
-               spec=None, stage_key=None, name=None) -> dict:
+               max_prompt_length: int | None = None, spec=None, stage_key=None, name=None) -> dict:
     """GRPO on stage-02 prompts (grpo_dataset) with `checker_reward` (bfcl's verdict, 0/1) unless
     `reward_funcs` says otherwise. beta=0 (TRL's default) needs no reference model; with beta > 0 and no
-    LoRA, TRL builds one from the model's folder (load_for_training gives a loadable folder)."""
+    LoRA, TRL builds one from the model's folder (load_for_training gives a loadable folder).
+
+    Prompts longer than `max_prompt_length` tokens are left out (`dropped_too_long`): TRL 1.16 removed its own
+    option, and a step holds `num_generations` copies of each prompt (quick's longest rows: 11 GB a step)."""
     if _is_peft(model):
         model = model.merge_and_unload()
     out_dir, spec, key, lora = _prepare("grpo", model, tokenizer, grpo_config, lora, train_ds, eval_ds, out_dir, spec)
+    if max_prompt_length:
+        key["max_prompt_length"] = max_prompt_length
     done, work = _open(out_dir, key)
     if done is not None:
         return done
+    train_ds, dropped = drop_too_long(train_ds, tokenizer, max_prompt_length, ())
+    if eval_ds is not None:
+        eval_ds, _ = drop_too_long(eval_ds, tokenizer, max_prompt_length, ())
     tokenizer.padding_side = "left"
     trainer = trainer_classes()["grpo"](model=model, reward_funcs=reward_funcs or [checker_reward],
                                         args=grpo_config, train_dataset=train_ds, eval_dataset=eval_ds,
                                         processing_class=tokenizer, peft_config=lora)
     return _train(trainer, "grpo" if lora is None else "grpo_lora", out_dir, key, tokenizer, spec, stage_key, name,
-                  work)
+                  work, dropped_too_long=dropped)
 
 
 # ---------------------------------------------------------------- self-improvement
@@ -633,21 +664,27 @@ def train_grpo(model, tokenizer, train_ds, eval_ds, grpo_config, lora=None, out_
 def self_improvement_cycle(model_path: str | Path, dataset, out_dir: str | Path, config: dict | None = None,
                            method: str = "dpo", lora=None, limit: int | None = None, backend="transformers",
                            max_new_tokens: int = 128, seed: int = 0, stage_key: str | None = None,
-                           generator: str | Path | None = None) -> dict:
+                           generator: str | Path | None = None, max_prompt_length: int | None = None) -> dict:
     """One cycle: the current model answers stage-02 training prompts (greedy) -> its answers that bfcl's
     checker rejects become `rejected`, the verified reference `chosen` (pairs.build_pairs; no synthetic
-    negatives) -> DPO on those pairs, or GRPO on the prompts it failed.
+    negatives) -> DPO on those pairs, or GRPO on the prompts it failed (`config`: a DPOConfig block for "dpo", a
+    GRPOConfig block for "grpo", checked before anything is generated; `max_prompt_length`: GRPO's, train_grpo).
 
     `model_path`: a trained folder (with model_spec.json) or registry name, the model trained; `generator`: the
     same model as evaluation runs it (stage 06 passes its exported GGUF with the llama.cpp backend, so the
     cycle learns from the failures evaluation sees); default `model_path`. `dataset`: the stage-02
     DatasetDict; `backend`: a backend name or object with `generate` (tests pass a fake one). Returns
-    {"path": the new checkpoint (the old one when it did not train), "seconds", "pairs", "failed", "rows",
-    "trained", and "skipped" (why) when it did not train: no checked failure, or no pair fits max_length}.
-    Evaluation of the new checkpoint is the stage's job (the evaluation core)."""
+    {"path": the new checkpoint (the old one when it did not train), "pairs", "failed", "rows", "trained",
+    "generation_seconds" (the generator's own seconds per answer, summed: recorded with each answer, so a rerun
+    that finds them cached still counts them), and "skipped" (why) when it did not train: no checked failure,
+    or no pair (prompt) fits max_length}. Training seconds are train_dpo / train_grpo's. Evaluation of the new
+    checkpoint is the stage's job (the evaluation core)."""
     from tinyllm_utils import pairs as pairs_lib
 
-    start = time.perf_counter()
+    configs = {"dpo": dpo_config_from_dict, "grpo": grpo_config_from_dict}
+    if method not in configs:
+        raise ValueError(f"unknown method {method!r}; expected 'dpo' or 'grpo'")
+    trainer_config = configs[method](config)  # a block that does not fit the method fails here, not after answering
     out_dir = Path(out_dir)
     spec = resolve_model(str(model_path))
     rows = pairs_lib.select_rows(dataset, limit, seed)
@@ -657,30 +694,29 @@ def self_improvement_cycle(model_path: str | Path, dataset, out_dir: str | Path,
                                        backend=backend if isinstance(backend, str) else "transformers",
                                        rejecter_max_new_tokens=max_new_tokens, negatives_per_row=0,
                                        synthetic_ratio=0.0, seed=seed)
+    cache = out_dir / "generations.jsonl"
     generations = pairs_lib.generate_rejections(
-        kept, pair_config, cache_path=out_dir / "generations.jsonl",
-        backend=None if isinstance(backend, str) else backend, progress=False)
+        kept, pair_config, cache_path=cache, backend=None if isinstance(backend, str) else backend, progress=False)
+    answered = {row["id"]: row.get("seconds") or 0.0 for row in pairs_lib.read_generations(cache)}
     built, outcomes = pairs_lib.build_pairs(kept, generations, pair_config)
     failed = [o["id"] for o in outcomes if o["outcome"] in ("used", "empty")]
-    summary = {"rows": len(kept), "failed": len(failed), "pairs": len(built)}
+    summary = {"rows": len(kept), "failed": len(failed), "pairs": len(built),
+               "generation_seconds": sum(answered.get(key, 0.0) for key in generations)}
     untrained = {**summary, "path": spec.path or spec.name, "trained": False}
     if (method == "dpo" and not built) or (method == "grpo" and not failed):
-        return {**untrained, "seconds": time.perf_counter() - start, "skipped": "no checked failure to learn from"}
+        return {**untrained, "skipped": "no checked failure to learn from"}
     model, tokenizer = load_for_training(spec)
-    if method == "dpo":
-        data = pairs_lib.to_preference_dataset(built, spec.prompt_format, tokenizer, splits=("train",))["train"]
-        try:
-            result = train_dpo(model, tokenizer, dpo_dataset(data), None, dpo_config_from_dict(config), lora,
-                               out_dir / "dpo", spec=spec, stage_key=stage_key)
-        except NothingFitsError as error:  # its failures are all on prompts too long to train on: nothing to learn
-            return {**untrained, "seconds": time.perf_counter() - start, "skipped": str(error)}
-    elif method == "grpo":
-        failed_ids = set(failed)
-        data = grpo_dataset([r for r in kept if r["id"] in failed_ids], spec.prompt_format, tokenizer)
-        result = train_grpo(model, tokenizer, data, None, grpo_config_from_dict(config), lora, out_dir / "grpo",
-                            spec=spec, stage_key=stage_key)
-    else:
-        raise ValueError(f"unknown method {method!r}; expected 'dpo' or 'grpo'")
-    seconds = time.perf_counter() - start
-    write_json_atomic(out_dir / "cycle.json", {**summary, "path": result["path"], "seconds": seconds})
-    return {**summary, "path": result["path"], "seconds": seconds, "trained": True}
+    try:
+        if method == "dpo":
+            data = pairs_lib.to_preference_dataset(built, spec.prompt_format, tokenizer, splits=("train",))["train"]
+            result = train_dpo(model, tokenizer, dpo_dataset(data), None, trainer_config, lora, out_dir / "dpo",
+                               spec=spec, stage_key=stage_key)
+        else:
+            failed_ids = set(failed)
+            data = grpo_dataset([r for r in kept if r["id"] in failed_ids], spec.prompt_format, tokenizer)
+            result = train_grpo(model, tokenizer, data, None, trainer_config, lora, out_dir / "grpo",
+                                max_prompt_length=max_prompt_length, spec=spec, stage_key=stage_key)
+    except NothingFitsError as error:  # its failures are all on prompts too long to train on: nothing to learn
+        return {**untrained, "skipped": str(error)}
+    write_json_atomic(out_dir / "cycle.json", {**summary, "path": result["path"], "seconds": result["seconds"]})
+    return {**summary, "path": result["path"], "trained": True}

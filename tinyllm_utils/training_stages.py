@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -78,11 +77,14 @@ class HybridStageConfig:
     cycles: int = 1  # self-improvement rounds: generate -> pairs from own checked failures -> train -> evaluate
     cycle_method: str = "dpo"  # dpo | grpo
     cycle_rows: int | None = 2  # training prompts answered per cycle
-    cycle_training: dict = field(default_factory=lambda: dict(SMOKE_DPO))
+    cycle_training: dict = field(default_factory=lambda: dict(SMOKE_DPO))  # a GRPOConfig block for cycle_method grpo
     use_lora: bool = True
     lora: dict = field(default_factory=dict)
     train_pairs: int | None = None
     grpo_rows: int | None = 8
+    # GRPO (sft_grpo, grpo cycles) leaves out prompts longer than this many tokens: TRL 1.16 has no option of its
+    # own, and a step holds num_generations copies of each prompt (11 GB a step on quick's longest rows)
+    grpo_max_prompt_length: int | None = 1024
     evaluate_categories: list[str] | None = field(default_factory=lambda: list(SMOKE_EVAL))
     seed: int = 0
 
@@ -175,8 +177,10 @@ def evaluated_model(final: Path, method_dir: Path, protocol: EvalConfig) -> str:
     return str(gguf)
 
 
-def finish_model(result: dict, method_dir: Path, label: str, parent: str, protocol: EvalConfig) -> dict:
-    """Label the trained model (method, parent), record training.json, export GGUF and evaluate like stage 01."""
+def finish_model(result: dict, method_dir: Path, label: str, parent: str, protocol: EvalConfig,
+                 generation_seconds: float | None = None) -> dict:
+    """Label the trained model (method, parent), record training.json, export GGUF and evaluate like stage 01.
+    `generation_seconds`: a cycle's answering before it trained, part of its cost (`seconds`), not of its rate."""
     from tinyllm_utils.export import export_gguf
 
     final = Path(result["path"])
@@ -186,18 +190,21 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     tokens = (result.get("train_metrics") or {}).get("num_input_tokens_seen") or result.get("tokens_seen")
     # a resumed run's rate is this process's: the tokens and seconds since its checkpoint (`seconds` itself counts
     # from step 0 where the checkpoint recorded its own, training.training_clock)
+    # (None when this process trained nothing: a run killed after its last checkpoint, before its result)
     seconds_here = result["seconds"] - (result.get("seconds_at_resume") or 0)
-    tokens_here = tokens - (result.get("tokens_seen_at_resume") or 0) if tokens else None
-    training = {"method": label, "parent": parent, "checkpoint": str(final.relative_to(method_dir)),
-                "seconds": result["seconds"], "steps": result.get("global_step"),
+    tokens_here = (tokens or 0) - (result.get("tokens_seen_at_resume") or 0)
+    training = {"method": label, "training_method": result.get("method"), "parent": parent,
+                "checkpoint": str(final.relative_to(method_dir)),
+                "seconds": result["seconds"] + (generation_seconds or 0), "generation_seconds": generation_seconds,
+                "steps": result.get("global_step"), "epochs": result.get("epoch"),
                 "resumed_from": result.get("resumed_from") and Path(result["resumed_from"]).name,
                 "seconds_at_resume": result.get("seconds_at_resume"),
-                "tokens_seen": tokens, "tokens_per_s": tokens_here / seconds_here if tokens else None,
+                "tokens_seen": tokens, "tokens_per_s": tokens_here / seconds_here if tokens_here > 0 else None,
                 "train_metrics": result.get("train_metrics"),
                 "curves": result.get("curves") and Path(result["curves"]).resolve().relative_to(
                     method_dir.resolve()).as_posix(),  # like checkpoint: a path in the method's folder
-                # rows trained; SFT and DPO leave out rows (pairs) longer than max_length (quick's SFT: 112 of
-                # 400 sampled)
+                # the rows (pairs, prompts) it trained on, `epochs` times over (a max_steps run may see fewer);
+                # all three leave out those longer than max_length (quick's SFT: 112 of 400 sampled)
                 "rows": result.get("rows"), "dropped_too_long": result.get("dropped_too_long")}
     write_json_atomic(method_dir / "training.json", training)
     model = str(final)
@@ -288,7 +295,8 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
                                         start_spec.prompt_format, tokenizer)
         grpo = training.grpo_config_from_dict(_tokens_seen(dict(config.sft_grpo, seed=config.seed)))
         result = training.train_grpo(model, tokenizer, prompts, None, grpo, _lora(config, config.use_lora),
-                                     stage_dir / "sft-grpo", spec=start_spec, name=f"{base}-sft-grpo")
+                                     stage_dir / "sft-grpo", max_prompt_length=config.grpo_max_prompt_length,
+                                     spec=start_spec, name=f"{base}-sft-grpo")
         results["sft→grpo"] = finish_model(result, stage_dir / "sft-grpo", "sft→grpo", str(start), protocol)
     # each cycle answers its prompts with the model as evaluation runs it (backend, exported file, decoding
     # length), so it learns from the failures the evaluation counts
@@ -296,28 +304,32 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
     current_evaluated = evaluated_model(start, start.parent, protocol)
     for cycle in range(1, config.cycles + 1):
         method_dir = stage_dir / f"cycle-{cycle}"
-        began = time.perf_counter()
         outcome = training.self_improvement_cycle(
             current, data, method_dir, _tokens_seen(dict(config.cycle_training, seed=config.seed)),
             method=config.cycle_method,
             lora=_lora(config, config.use_lora), limit=config.cycle_rows, backend=protocol.backend,
-            max_new_tokens=protocol.max_new_tokens, seed=config.seed + cycle, generator=current_evaluated)
+            max_new_tokens=protocol.max_new_tokens, seed=config.seed + cycle, generator=current_evaluated,
+            max_prompt_length=config.grpo_max_prompt_length)
         if not outcome.get("trained"):
             # the model stays current; the next cycle answers other rows (its own seed) and may find pairs
             results[f"cycle {cycle}"] = {"label": f"cycle {cycle}", **outcome}
             continue
-        result = {"path": outcome["path"], **json.loads((Path(outcome["path"]).parent / "result.json").read_text())}
-        # generation + training: the cycle's whole cost (resumed: plus the training its checkpoint had done)
-        result["seconds"] = time.perf_counter() - began + (result.get("seconds_at_resume") or 0)
-        results[f"cycle {cycle}"] = finish_model(result, method_dir, f"cycle {cycle}", str(current), protocol)
+        trained = Path(outcome["path"]).parent
+        # result.json's training seconds count from step 0 (also when this process only reran its evaluation);
+        # the files are where the folder is now
+        result = {**json.loads((trained / "result.json").read_text()), "path": outcome["path"],
+                  "curves": str(trained / "curves.csv")}
+        # the cycle's whole cost: its answering (recorded per answer, cached ones included) + its training
+        results[f"cycle {cycle}"] = finish_model(result, method_dir, f"cycle {cycle}", str(current), protocol,
+                                                 generation_seconds=outcome["generation_seconds"])
         results[f"cycle {cycle}"]["cycle"] = {k: outcome[k] for k in ("rows", "failed", "pairs")}
         current, current_evaluated = Path(outcome["path"]), results[f"cycle {cycle}"]["model"]
     return results
 
 
 def summary_table(results: dict[str, dict]):
-    """One row per trained model: rows trained (and left out as longer than max_length), training seconds,
-    tokens/s and per-category accuracy (%, with n)."""
+    """One row per trained model: rows trained (epochs over them; left out as longer than max_length), training
+    seconds (a cycle's include its answering), tokens/s and per-category accuracy (%, with n)."""
     import pandas as pd
 
     rows = []
@@ -325,7 +337,8 @@ def summary_table(results: dict[str, dict]):
         if "metrics" not in result:
             rows.append({"method": label, "note": result.get("skipped")})
             continue
-        row = {"method": label, "rows": result["training"].get("rows"),
+        epochs = result["training"].get("epochs")
+        row = {"method": label, "rows": result["training"].get("rows"), "epochs": epochs and round(epochs, 2),
                "dropped (too long)": result["training"].get("dropped_too_long"),
                "training s": round(result["training"]["seconds"], 1),
                "tokens/s": result["training"]["tokens_per_s"] and round(result["training"]["tokens_per_s"], 1)}
