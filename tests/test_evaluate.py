@@ -1,5 +1,6 @@
 """End-to-end evaluation wiring with a fake backend: files on disk, resumption, parameters, multi-turn loop."""
 
+import dataclasses
 import json
 
 import pytest
@@ -127,6 +128,15 @@ def test_weights_overwritten_at_the_same_path_refuse_to_resume(fake, tmp_path):
     config = EvalConfig(model=str(model), categories=["simple_python"], limit=1)
     evaluate(config, tmp_path / "out", progress=False)
     evaluate(config, tmp_path / "out", progress=False)  # same weights: resumes
+    moved = tmp_path / "moved" / "retrained.gguf"  # the same file elsewhere (outputs moved): resumes
+    moved.parent.mkdir()
+    moved.write_bytes(model.read_bytes())
+    evaluate(dataclasses.replace(config, model=str(moved)), tmp_path / "out", progress=False)
+    # prompted another way (its spec beside it says chat_template): refused
+    (moved.parent / "model_spec.json").write_text(json.dumps(
+        {"name": "retrained", "source": "local", "prompt_format": "chat_template"}))
+    with pytest.raises(ValueError, match="prompt_format"):
+        evaluate(dataclasses.replace(config, model=str(moved)), tmp_path / "out", progress=False)
     model.write_bytes(b"GGUF retrained weights")  # a new model written where the old one was
     with pytest.raises(ValueError, match="input model weights changed"):
         evaluate(config, tmp_path / "out", progress=False)

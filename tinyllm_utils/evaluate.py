@@ -80,10 +80,16 @@ def run_baseline(config: BaselineConfig, stage_dir: str | Path, progress: bool =
             for model in config.models}
 
 
+PROMPTING = ("name", "prompt_format", "mode", "family", "reasoning")  # how a model's prompts are built and parsed
+
+
 def _check_resumable(out_dir: Path, config: EvalConfig, spec) -> Work:
-    """Predictions in `out_dir` are keyed by what changes them (tinyllm_utils.stage), the weights' content
-    included; other keys are refused."""
-    material = {"parameters": config.prediction_keys(), "inputs": {"model weights": weights_fingerprint(spec)}}
+    """Predictions in `out_dir` are keyed by what changes them (tinyllm_utils.stage): the decoding, the weights'
+    content and how the model is prompted and parsed, not where its file is (a run folder that moved resumes);
+    other keys are refused."""
+    parameters = {k: v for k, v in config.prediction_keys().items() if k != "model"}
+    material = {"parameters": {**parameters, "prompting": {f: getattr(spec, f) for f in PROMPTING}},
+                "inputs": {"model weights": weights_fingerprint(spec)}}
     return open_work(out_dir, material, on_mismatch="refuse")
 
 
