@@ -203,8 +203,9 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
                 "train_metrics": result.get("train_metrics"),
                 "curves": result.get("curves") and Path(result["curves"]).resolve().relative_to(
                     method_dir.resolve()).as_posix(),  # like checkpoint: a path in the method's folder
-                # the rows (pairs, prompts) it trained on, `epochs` times over (a max_steps run may see fewer);
-                # all three leave out those longer than max_length (quick's SFT: 112 of 400 sampled)
+                # the rows (pairs, prompts) it trained on, `epochs` times over (a max_steps run may see fewer),
+                # and those left out as too long: SFT and DPO over max_length (quick's SFT: 112 of 400 sampled),
+                # GRPO over grpo_max_prompt_length
                 "rows": result.get("rows"), "dropped_too_long": result.get("dropped_too_long")}
     write_json_atomic(method_dir / "training.json", training)
     model = str(final)
