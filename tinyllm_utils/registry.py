@@ -11,7 +11,6 @@ Entries live in `configs/models.yaml`. A name not in the registry is accepted wh
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -159,15 +158,11 @@ def weights_fingerprint(spec: ModelSpec) -> str:
         return f"{distribution}=={importlib.metadata.version(distribution)}"
     if spec.source == "hub":
         return f"{spec.hf_id}@{spec.revision or 'unpinned'}"
+    from tinyllm_utils.stage import content_digest
+
     path = Path(spec.path)
     weights = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
-    sha = hashlib.sha256()
-    for file in weights:
-        sha.update(file.relative_to(path).as_posix().encode() if file != path else b"")
-        with file.open("rb") as handle:
-            while chunk := handle.read(1 << 24):
-                sha.update(chunk)
-    return f"sha256:{sha.hexdigest()}"
+    return f"sha256:{content_digest(path, weights)}"
 
 
 def load_spec_file(folder: str | Path) -> ModelSpec:

@@ -60,11 +60,12 @@ def notebook_code_version(notebook: Path) -> str:
     return digest([(c["cell_type"], "".join(c["source"])) for c in cells])
 
 
-def _folder_digest(folder: Path) -> str:
-    """sha256 over a folder's files, each named by its relative path (a `save_to_disk` dataset, a checkpoint)."""
+def content_digest(root: Path, files) -> str:
+    """sha256 over `files` under `root` in the order given, each named by its path relative to `root` (a file
+    that is `root` itself by its content alone): a folder's key (a `save_to_disk` dataset, a checkpoint)."""
     sha = hashlib.sha256()
-    for file in sorted(f for f in folder.rglob("*") if f.is_file()):
-        sha.update(file.relative_to(folder).as_posix().encode() + b"\0")
+    for file in files:
+        sha.update(file.relative_to(root).as_posix().encode() if file != root else b"")
         with file.open("rb") as handle:
             while chunk := handle.read(1 << 24):
                 sha.update(chunk)
@@ -88,9 +89,9 @@ def file_digests(parameters, resolve=Path) -> dict[str, str]:
         elif isinstance(value, str) and 0 < len(value) < 4096:
             path = resolve(value)
             if path.is_file():
-                found[value] = hashlib.sha256(path.read_bytes()).hexdigest()
+                found[value] = content_digest(path, [path])
             elif path.is_dir() and not project.is_relative_to(path.resolve()):
-                found[value] = _folder_digest(path)
+                found[value] = content_digest(path, sorted(f for f in path.rglob("*") if f.is_file()))
 
     walk(parameters)
     return found
