@@ -275,6 +275,7 @@ def test_rows_that_do_not_fit_max_length_are_left_out_not_cut(tiny):
     assert training.drop_too_long(pairs, tiny[1], fits, ("chosen",))[1] == 0
     sft_rows = training.sft_dataset(ROWS)
     assert training.drop_too_long(sft_rows, tiny[1], None) == (sft_rows, 0)
+    assert training.drop_too_long(None, tiny[1], fits) == (None, 0)  # no eval set
     with pytest.raises(ValueError, match="none of the 2 rows fits max_length=8"):
         training.drop_too_long(pairs, tiny[1], 8, ("chosen", "rejected"))
 

@@ -292,8 +292,8 @@ def drop_too_long(dataset, tokenizer, max_length: int | None, answer_columns=("c
     """Rows whose prompt + each answer (SFT: the completion; DPO: chosen and rejected; GRPO, no answer column:
     the prompt alone) fit `max_length` tokens, and how many were dropped. The trainers would truncate the rest: a
     cut answer teaches a call that does not parse, and one cut away entirely trains on nothing with a silent zero
-    loss (trl#6668)."""
-    if not max_length:
+    loss (trl#6668). No dataset (an absent eval set) gives (None, 0)."""
+    if dataset is None or not max_length:
         return dataset, 0
 
     def fits(row) -> bool:
@@ -598,8 +598,7 @@ def train_sft(model, tokenizer, train_ds, eval_ds, sft_config, lora=None, out_di
     if done is not None:
         return done
     train_ds, dropped = drop_too_long(train_ds, tokenizer, sft_config.max_length)
-    if eval_ds is not None:
-        eval_ds, _ = drop_too_long(eval_ds, tokenizer, sft_config.max_length)
+    eval_ds, _ = drop_too_long(eval_ds, tokenizer, sft_config.max_length)
     trainer = trainer_classes()["sft"](model=model, args=sft_config, train_dataset=train_ds, eval_dataset=eval_ds,
                                        processing_class=tokenizer, peft_config=lora)
     return _train(trainer, "sft" if lora is None else "sft_lora", out_dir, key, tokenizer, spec, stage_key, name, work,
@@ -621,8 +620,7 @@ def train_dpo(model, tokenizer, train_ds, eval_ds, dpo_config, lora=None, out_di
     if done is not None:
         return done
     train_ds, dropped = drop_too_long(train_ds, tokenizer, dpo_config.max_length, ("chosen", "rejected"))
-    if eval_ds is not None:
-        eval_ds, _ = drop_too_long(eval_ds, tokenizer, dpo_config.max_length, ("chosen", "rejected"))
+    eval_ds, _ = drop_too_long(eval_ds, tokenizer, dpo_config.max_length, ("chosen", "rejected"))
     if ref_model is None and lora is None and not dpo_config.precompute_ref_log_probs:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     trainer = trainer_classes()["dpo"](model=model, ref_model=ref_model, args=dpo_config, train_dataset=train_ds,
@@ -649,8 +647,7 @@ def train_grpo(model, tokenizer, train_ds, eval_ds, grpo_config, lora=None, out_
     if done is not None:
         return done
     train_ds, dropped = drop_too_long(train_ds, tokenizer, max_prompt_length, ())
-    if eval_ds is not None:
-        eval_ds, _ = drop_too_long(eval_ds, tokenizer, max_prompt_length, ())
+    eval_ds, _ = drop_too_long(eval_ds, tokenizer, max_prompt_length, ())
     tokenizer.padding_side = "left"
     trainer = trainer_classes()["grpo"](model=model, reward_funcs=reward_funcs or [checker_reward],
                                         args=grpo_config, train_dataset=train_ds, eval_dataset=eval_ds,
