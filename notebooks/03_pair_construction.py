@@ -91,8 +91,9 @@ config
 #    must pass and rejected must fail, with no exception.
 # 6. **Review.** A seeded sample of up to `review_per_kind` pairs of each kind goes to `review_sample.csv` with
 #    empty `verdict` and `note` columns. Fill in the verdict (`ok` / `bad`; blank means not reviewed) and pass
-#    the file back as `review_csv`: disputed pairs are dropped and the agreement rate is reported. Editing the
-#    file in place reruns this stage in the pipeline (its content is part of the stage's key).
+#    a filled copy back as `review_csv`, kept outside the stage's folder (e.g. `outputs/<run>/review.csv`: a
+#    new review reruns this stage, its content being part of the stage's key, and the rerun first moves the
+#    folder aside): disputed pairs are dropped and the agreement rate is reported.
 # 7. **Save.** TRL's standard preference format: `prompt` is exactly what evaluation feeds `model`; `chosen` /
 #    `rejected` are completions ending with its end-of-turn marker, plus pair id, category, kind, checker error.
 

@@ -143,6 +143,15 @@ def test_mix_and_distinct_functions(rows):
             assert row["target"] == [] and offered
 
 
+def test_a_parallel_rows_calls_pass_the_same_parameters(rows):
+    """"Do the same for x = 2" repeats the first call's arguments but x: a later call that dropped an optional
+    argument the first one passed (or added one) would be a target the request contradicts."""
+    parallel = [r for r in rows if r["api_kind"] == "parallel"]
+    assert parallel and any(len(next(iter(r["target"][0].values()))) > 1 for r in parallel)
+    for row in parallel:
+        assert len({tuple(args) for call in row["target"] for args in call.values()}) == 1, row["target"]
+
+
 def test_stage02_split_keeps_functions_apart(rows):
     """Functions called or offered together stay in seeded families, so the split by function still works."""
     from tinyllm_utils.training_data import split_by_function

@@ -160,6 +160,22 @@ def test_review_round_trip(candidates, tmp_path):
         pairs.apply_review(built, path)
 
 
+def test_a_review_inside_the_stage_folder_is_refused_not_read_blank(tmp_path):
+    """A changed review reruns the stage, and the pipeline first moves the stage's folder aside: a review_csv
+    inside it would be read back as this run's fresh, blank sample (every disputed pair kept)."""
+    stage_dir = tmp_path / "run" / "03_pair_construction"
+    inside = stage_dir / "review_sample.csv"
+    with pytest.raises(ValueError, match="inside the stage's folder .* copy it out"):
+        pairs.run_stage(_config(review_csv=str(inside)), stage_dir)
+    with pytest.raises(FileNotFoundError, match="review_csv .*no such file"):
+        pairs.run_stage(_config(review_csv=str(tmp_path / "missing.csv")), stage_dir)
+    outside = tmp_path / "run" / "review.csv"
+    outside.parent.mkdir(parents=True)
+    outside.write_text("pair_id,verdict\n")
+    pairs.check_review_csv(outside, stage_dir)  # accepted
+    pairs.check_review_csv(None, stage_dir)
+
+
 def test_blank_review_keeps_every_pair(candidates, tmp_path):
     built, _ = pairs.build_pairs(candidates[:4], {}, _config())
     path = tmp_path / "review.csv"

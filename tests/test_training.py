@@ -5,6 +5,7 @@
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -514,7 +515,12 @@ def test_configs_are_trls_own_classes_with_cpu_defaults(tmp_path):
     assert isinstance(sft, trl.SFTConfig) and sft.completion_only_loss and sft.num_train_epochs == 2
     assert sft.output_dir == str(tmp_path) and sft.report_to in ([], "none", ["none"])
     if not torch.cuda.is_available():
-        assert sft.use_cpu and not sft.bf16
+        assert sft.use_cpu and not sft.bf16 and not sft.activation_checkpointing
+    # the deprecated name in a block still decides, and the study's defaults warn about nothing
+    assert training.sft_config_from_dict({"gradient_checkpointing": True}, tmp_path).activation_checkpointing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        training.sft_config_from_dict({}, tmp_path)
     for loss_type in (["sigmoid"], ["ipo"], ["apo_zero"], ["sigmoid", "sft"]):
         assert training.dpo_config_from_dict({"loss_type": loss_type, "beta": 0.2}).loss_type == loss_type
     grpo = training.grpo_config_from_dict({"num_generations": 2, "max_completion_length": 32})

@@ -187,6 +187,11 @@ def test_unknown_parameters_are_refused():
         td.DataConfig(bfcl_sources=["nope"])
     with pytest.raises(ValueError, match="unknown augment kinds"):
         td.DataConfig(augment={"shuffle": 0.1})
+    # two datasets of one format default to one source name: their ids (`xlam-0`, ...) would collide
+    with pytest.raises(ValueError, match=r"share the source name\(s\) \['xlam'\]"):
+        td.DataConfig(user_datasets=[{"path": "a.json", "format": "xlam"}, {"path": "b.json", "format": "xlam"}])
+    td.DataConfig(user_datasets=[{"path": "a.json", "format": "xlam"},
+                                 {"path": "b.json", "format": "xlam", "source": "xlam-b"}])
 
 
 def test_the_stage_saves_the_stage03_contract_and_loses_no_row(tmp_path):

@@ -294,10 +294,17 @@ def _intent(doc: dict) -> str:
     return " ".join([_VERBS.get(first, first)] + words[1:])
 
 
-def _call(doc: dict, rng: random.Random, integral_floats: float = 0.0, natural: bool = False) -> tuple[dict, str]:
-    """A call of `doc` with sampled values (required arguments plus some optional ones) and its spoken args."""
+def _parameters(doc: dict, rng: random.Random) -> list[str]:
+    """The parameters a call passes: every required one and some optional ones."""
     properties, required = doc["parameters"]["properties"], doc["parameters"]["required"]
-    chosen = [p for p in properties if p in required or rng.random() < 0.25]
+    return [p for p in properties if p in required or rng.random() < 0.25]
+
+
+def _call(doc: dict, rng: random.Random, integral_floats: float = 0.0, natural: bool = False,
+          chosen: list[str] | None = None) -> tuple[dict, str]:
+    """A call of `doc` with sampled values of `chosen` (default: `_parameters`) and its spoken args."""
+    properties = doc["parameters"]["properties"]
+    chosen = _parameters(doc, rng) if chosen is None else chosen
     args = {p: sample_value(properties[p], rng, p, integral_floats) for p in chosen}
     phrases = [_arg_phrase(p, properties[p], v, rng, natural) for p, v in args.items()]
     return {doc["name"]: args}, _join(phrases, rng)
@@ -351,8 +358,8 @@ def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_of
     natural = bool(natural_requests) and rng.random() < natural_requests
     single = [t for t in _SINGLE if "{name}" not in t] if natural else _SINGLE
 
-    def spoken_call(d):
-        return _call(d, rng, integral_floats, natural)
+    def spoken_call(d, chosen=None):
+        return _call(d, rng, integral_floats, natural, chosen)
 
     if kind in ("simple", "multiple", "irrelevance"):
         call, args = spoken_call(doc)
@@ -366,7 +373,10 @@ def make_row(kind: str, docs: list[dict], index: int, rng: random.Random, max_of
                 return None
             functions, target = ([doc] + extra, [call]) if kind == "multiple" else (extra, [])
     elif kind == "parallel":
-        calls = [spoken_call(doc) for _ in range(rng.randint(2, 3))]
+        # the same parameters in every call: "Do the same for x = 2" says only what changes, so a call that
+        # dropped an optional argument the first one passed would contradict the request
+        chosen = _parameters(doc, rng)
+        calls = [spoken_call(doc, chosen) for _ in range(rng.randint(2, 3))]
         text = " ".join([_sentence(rng.choice(single), doc, calls[0][1])]
                         + [rng.choice(_AGAIN).format(args=args) for _, args in calls[1:]])
         functions, target = [doc], [c for c, _ in calls]

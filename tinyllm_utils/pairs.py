@@ -497,6 +497,21 @@ def _verdict(text: str) -> bool | None:
                      "or leave it blank")
 
 
+def check_review_csv(path: str | Path | None, stage_dir: str | Path) -> None:
+    """A filled review must live outside the stage's folder: a new review changes the stage's key, and the
+    pipeline then moves the whole folder aside (`.stale/`) before the stage runs, so a path inside it would be
+    read back as the fresh, blank sample this run writes, and every disputed pair kept."""
+    if path is None:
+        return
+    path, stage_dir = Path(path), Path(stage_dir)
+    if path.resolve().is_relative_to(stage_dir.resolve()):
+        raise ValueError(f"review_csv {path} is inside the stage's folder {stage_dir}, which this rerun has set "
+                         f"aside (the filled file is under {stage_dir.parent / '.stale'}): copy it out, e.g. to "
+                         f"{stage_dir.parent / 'review.csv'}, and pass that path")
+    if not path.is_file():
+        raise FileNotFoundError(f"review_csv {path}: no such file (a filled copy of review_sample.csv)")
+
+
 def apply_review(pairs: list[dict], csv_path: str | Path) -> tuple[list[dict], dict]:
     """Drop pairs the reviewer disputes; report agreement = agree / reviewed (blank verdicts = not reviewed)."""
     review = read_review(csv_path)
@@ -601,6 +616,7 @@ def run_stage(config: PairConfig, stage_dir: str | Path, data_dir: str | Path | 
     pipeline's business (tinyllm_utils.stage); inside the stage, only the rejecter's generations are reused.
     """
     stage_dir = Path(stage_dir)
+    check_review_csv(config.review_csv, stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir) if data_dir else default_data_dir(stage_dir)
     dataset = load_stage02(data_dir)

@@ -95,6 +95,13 @@ class DataConfig:
         if unknown:
             raise ValueError(f"unknown synthetic_sources {sorted(map(str, unknown))}; "
                              f"expected some of {SYNTHETIC_SOURCES}")
+        # a row's id is `<source>-<index>` and its source names it in every table: two datasets under one
+        # source name (the format's, by default) would share ids and be counted as one
+        names = [spec.get("source") or spec.get("format") for spec in self.user_datasets]
+        shared = sorted({n for n in names if names.count(n) > 1}, key=str)
+        if shared:
+            raise ValueError(f"user_datasets share the source name(s) {shared}: give each entry its own `source`, "
+                             "e.g. {path: ..., format: xlam, source: xlam-a}")
 
     def to_dict(self) -> dict:
         return asdict(self)
