@@ -212,7 +212,7 @@ BAD_ROWS = [
      "tools", "no functions offered"),
     ("chat_with_tools", {"conversations": [{"from": "observation", "value": "{}"}, {"from": "gpt", "value": "x"}],
                          "tools": json.dumps([CHAT_TOOLS[0]["function"]])},
-     "conversations[0].from", "'observation' before the first assistant turn"),
+     "conversations[0]", "a tool result before any call"),
     ("agentbank", {"conversations": [{"from": "human", "value": REACT_PROMPT},
                                      {"from": "gpt", "value": "Action: f\nAction Input: {\"q\": "}]},
      "conversations[1].value", "Action Input is malformed JSON"),
@@ -373,6 +373,76 @@ def test_glaive_arguments_as_a_json_object_are_accepted():
                       "<|endoftext|>\n\n\nFUNCTION RESPONSE: {}\n\n\nASSISTANT: done <|endoftext|>"}
     rows, rejected = convert_records([record], "glaive")
     assert rejected == [] and rows[0]["target"] == [{"f": {"q": "dogs"}}]
+
+
+# A chat that asks back before it calls, then calls again after a tool result: one row per calling turn.
+MULTI_TURN = {
+    "chat_with_tools": {"tools": CHAT_TOOLS, "messages": [
+        {"role": "user", "content": "find something"},
+        {"role": "assistant", "content": "What should I look for?"},
+        {"role": "user", "content": "cats"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": '{"q": "cats"}'}}]},
+        {"role": "tool", "content": "3 cats"},
+        {"role": "assistant", "content": "Found 3 cats."},
+        {"role": "user", "content": "and dogs and owls?"},
+        {"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": '{"q": "dogs"}'}},
+            {"type": "function", "function": {"name": "f", "arguments": '{"q": "owls"}'}}]}]},
+    "sharegpt": {"tools": json.dumps([CHAT_TOOLS[0]["function"]]), "conversations": [
+        {"from": "human", "value": "find something"},
+        {"from": "gpt", "value": "What should I look for?"},
+        {"from": "human", "value": "cats"},
+        {"from": "function_call", "value": '{"name": "f", "arguments": {"q": "cats"}}'},
+        {"from": "observation", "value": "3 cats"},
+        {"from": "gpt", "value": "Found 3 cats."},
+        {"from": "human", "value": "and dogs and owls?"},
+        {"from": "function_call", "value": '[{"name": "f", "arguments": {"q": "dogs"}}, '
+                                           '{"name": "f", "arguments": {"q": "owls"}}]'}]},
+    "glaive": {"system": "SYSTEM: functions -\n" + json.dumps(CHAT_TOOLS[0]["function"]),
+               "chat": "USER: find something\n\n\nASSISTANT: What should I look for? <|endoftext|>\n\n\n"
+                       "USER: cats\n\n\nASSISTANT: <functioncall> {\"name\": \"f\", \"arguments\": '{\"q\": "
+                       "\"cats\"}'} <|endoftext|>\n\n\nFUNCTION RESPONSE: 3 cats\n\n\nASSISTANT: Found 3 cats. "
+                       "<|endoftext|>\n\n\nUSER: and dogs?\n\n\nASSISTANT: <functioncall> {\"name\": \"f\", "
+                       "\"arguments\": '{\"q\": \"dogs\"}'} <|endoftext|>"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MULTI_TURN))
+def test_a_multi_turn_chat_gives_a_row_per_calling_turn_with_its_history(kind):
+    """Loss on every assistant turn that calls: each is a row whose history holds the earlier calls (as the
+    call text the model writes), their tool results and the assistant's text; a question asked back is history,
+    not a no-call (irrelevance) answer."""
+    fmt = "glaive" if kind == "glaive" else "chat_with_tools"
+    rows, rejected = convert_records([MULTI_TURN[kind]], fmt)
+    assert rejected == [] and [r["id"] for r in rows] == [f"{fmt}-0", f"{fmt}-0.2"]
+    first, second = rows
+    assert first["messages"] == [{"role": "user", "content": "find something"},
+                                 {"role": "assistant", "content": "What should I look for?"},
+                                 {"role": "user", "content": "cats"}]
+    assert first["target"] == [{"f": {"q": "cats"}}]
+    asked = second["messages"][-1]["content"]
+    assert second["messages"] == first["messages"] + [
+        {"role": "assistant", "content": "[f(q='cats')]"}, {"role": "tool", "content": "3 cats"},
+        {"role": "assistant", "content": "Found 3 cats."}, {"role": "user", "content": asked}]
+    assert second["target"][0] == {"f": {"q": "dogs"}} and second["functions"] == first["functions"]
+    if kind != "glaive":
+        assert second["target"] == [{"f": {"q": "dogs"}}, {"f": {"q": "owls"}}]
+
+    # the rows render through the one prompt path, tool turns as the evaluation's multi-turn chat writes them
+    from tinyllm_utils.prompts import first_turn_messages, format_prompt
+    from tinyllm_utils.training_data import category_of, row_entry
+
+    prompt = format_prompt(first_turn_messages(row_entry({**second, "category": category_of(second)}))[0], "gemma")
+    assert "<start_of_turn>model\n[f(q='cats')]<end_of_turn>\n<start_of_turn>tool\n3 cats<end_of_turn>" in prompt
+    assert prompt.endswith(f"<start_of_turn>user\n{asked}<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_a_bad_later_turn_rejects_the_whole_chat():
+    record = json.loads(json.dumps(MULTI_TURN["chat_with_tools"]))
+    record["messages"][-1]["tool_calls"][1]["function"]["name"] = "g"
+    item = reject_one(record, "chat_with_tools")
+    assert item["field"] == "messages[7].tool_calls[1].function" and "'g'" in item["reason"]
 
 
 # ---------------------------------------------------------------- loading

@@ -234,6 +234,44 @@ def test_user_datasets_join_the_same_filters_and_converter_rejections_are_counte
     assert report.loc["converted", "rows_in"] == len(kept) + len(result["rejected"])
 
 
+def test_a_multi_turn_chats_rows_all_reach_the_dataset_in_one_split(tmp_path):
+    """Every calling turn of a chat is a row (loss on each); a later turn repeats the earlier history, so it
+    must not be taken for a near-duplicate of it, and a chat's rows stay in one split."""
+    story = " ".join(f"token{i}" for i in range(200))  # a long first request: turn 2 shares ~all its shingles
+    tools = [{"type": "function", "function": {"name": name, "description": f"{name.title()} a word.", "parameters": {
+        "type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}}}
+        for name in ("lookup", "spell")]
+
+    def call(name, word):
+        return {"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": name, "arguments": json.dumps({"word": word})}}]}
+
+    chat = {"tools": tools, "messages": [
+        {"role": "user", "content": f"{story}. Look up zebra, then what it says."}, call("lookup", "zebra"),
+        {"role": "tool", "content": "see stripes"}, call("lookup", "stripes"),
+        {"role": "tool", "content": "lines"}, call("spell", "stripes")]}
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps(chat) + "\n")
+    config = td.DataConfig(bfcl_sources=[], augment={}, validation_fraction=0.0,
+                           user_datasets=[{"path": str(path), "format": "chat_with_tools"}])
+    result = td.build_dataset(config, progress=False)
+    kept = [r for rows in result["splits"].values() for r in rows]
+    assert [r["id"] for r in kept] == ["chat_with_tools-0", "chat_with_tools-0.2", "chat_with_tools-0.3"], \
+        result["rejected"]
+    assert [r["target"] for r in kept][1:] == [[{"lookup": {"word": "stripes"}}], [{"spell": {"word": "stripes"}}]]
+    # without the chat's link turn 2 is a near-duplicate of turn 1 (the check itself still works)
+    unlinked = [{k: v for k, v in r.items() if k != "conversation"} for r in kept]
+    assert [r["id"] for r in td.remove_near_duplicates(unlinked, 0.9)[1]] == ["chat_with_tools-0.2"]
+    # the chat's rows stay together beside other rows, whatever the seed; unlinked, some seed splits them
+    others = [{**kept[0], "id": f"o{i}", "target": [{f"g{i}": {}}], "conversation": None} for i in range(4)]
+
+    def apart(rows, seed):
+        splits = td.split_by_function(rows + others, 0.3, seed)
+        return len({name for name, part in splits.items() for r in part if r["id"].startswith("chat")}) > 1
+
+    assert not any(apart(kept, seed) for seed in range(20)) and any(apart(unlinked, seed) for seed in range(20))
+
+
 def test_decontamination_reasons_do_not_depend_on_the_hash_seed(index):
     # chatable_4 is in both simple_python and multiple: the reason names the category listed first
     row = next(r for r in td.load_bfcl_source("chatable") if r["id"] == "bfcl_chatable_4")

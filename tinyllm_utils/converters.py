@@ -3,11 +3,15 @@
     rows, rejected = load_user_dataset("Salesforce/xlam-function-calling-60k", fmt="xlam")
 
 A row is `{"id": f"{source}-{index}", "source", "messages", "functions", "target"}`: `messages` is the
-conversation before the reference answer (roles system/user/assistant, str content, at least one user turn),
-`functions` the offered tools as BFCL function docs, `target` the answer's calls `[{name: {arg: value}}]` in
-order (`[]` = the assistant answered in text). A record that cannot be converted never raises and never
-vanishes: it becomes a rejection `{"id", "source", "index", "rule": "convert", "field", "reason", "raw"}`.
-Only an unreadable input (unknown format, missing path) raises `ValueError`.
+conversation before the reference answer (roles system/user/assistant/tool, str content, at least one user
+turn), `functions` the offered tools as BFCL function docs, `target` the answer's calls `[{name: {arg:
+value}}]` in order (`[]` = the assistant answered in text). A multi-turn chat gives one row per assistant turn
+that calls (ids `<source>-<index>`, then `.2`, `.3`...), so SFT learns every such turn: its history holds the
+earlier calls as the call text the model writes and their results as `tool` messages, as the evaluation's
+multi-turn chat does; assistant text is history, and only a chat without any call gives a text answer (its
+first assistant turn). A record that cannot be converted never raises and never vanishes: it becomes a
+rejection `{"id", "source", "index", "rule": "convert", "field", "reason", "raw"}` (one bad turn rejects the
+whole record). Only an unreadable input (unknown format, missing path) raises `ValueError`.
 
 Parameter types become BFCL's python types (string, integer, float, boolean, array, tuple, dict, any).
 JSON-schema types map object->dict, number->float; Python-ish strings (xLAM, API-Bank) map str->string,
@@ -97,10 +101,14 @@ def convert_records(records: Iterable[dict], fmt: str, source: str | None = None
         try:
             if not isinstance(record, dict):
                 raise RowError("record", f"expected a dict, found {type(record).__name__}")
-            messages, functions, calls = convert(record)
-            target = _check_calls(calls, functions)
-            rows.append({"id": row_id, "source": source, "messages": messages, "functions": functions,
-                         "target": target})
+            functions, answers = convert(record)
+            targets = [_check_calls(calls, functions) for _, calls in answers]  # any bad turn rejects the record
+            turns = [{"id": row_id if turn == 1 else f"{row_id}.{turn}", "source": source, "messages": messages,
+                      "functions": functions, "target": target}
+                     for turn, ((messages, _), target) in enumerate(zip(answers, targets), start=1)]
+            if len(turns) > 1:  # stage 02 keeps a chat's rows in one split and never calls them duplicates
+                turns = [{**row, "conversation": row_id} for row in turns]
+            rows += turns
         except RowError as err:
             rejected.append(_rejection(row_id, source, index, record, err.field, err.reason))
         except Exception as err:  # a converter bug must not lose the row either
@@ -185,6 +193,42 @@ def _need_user(messages: list[dict], field: str) -> list[dict]:
     if not any(m["role"] == "user" for m in messages):
         raise RowError(field, "no user message before the answer")
     return messages
+
+
+class _Conversation:
+    """A chat read turn by turn into answers: one (messages before it, calls) per assistant turn that calls,
+    earlier calls kept in the history as the call text the model writes and tool results as `tool` messages
+    (the evaluation's multi-turn chat). Assistant text stays as history; only a chat with no call at all
+    answers in text, at its first assistant turn (target [])."""
+
+    def __init__(self, field: str):
+        self.field, self.messages, self.answers, self.first_text = field, [], [], None
+
+    def add(self, role: str, content) -> None:
+        self.messages.append({"role": role, "content": content})
+
+    def call(self, calls: list[tuple[str, dict]]) -> None:
+        from tinyllm_utils.prompts import render_calls
+
+        self.answers.append((_need_user(list(self.messages), self.field), calls))
+        self.add("assistant", render_calls([call for _, call in calls]))
+
+    def text(self, content: str) -> None:
+        if self.first_text is None and not self.answers:
+            self.first_text = list(self.messages)
+        self.add("assistant", content)
+
+    def result(self, content: str, field: str) -> None:
+        if not self.answers:
+            raise RowError(field, "a tool result before any call")
+        self.add("tool", content)
+
+    def done(self, missing: str) -> list[tuple[list[dict], list]]:
+        if self.answers:
+            return self.answers
+        if self.first_text is not None:
+            return [(_need_user(self.first_text, self.field), [])]
+        raise RowError(self.field, missing)
 
 
 # JSON-schema names; anything else in a schema's "type" goes through the Python-ish parser (str, List[int], ...)
@@ -355,7 +399,7 @@ def _convert_xlam(record: dict):
     functions = _function_docs(_get(record, "tools", (str, list)), "tools", "python")
     answers = _json(_get(record, "answers", (str, list)), "answers", list)
     calls = [_call_obj(answer, f"answers[{i}]") for i, answer in enumerate(answers)]
-    return [{"role": "user", "content": query}], functions, calls
+    return functions, [([{"role": "user", "content": query}], calls)]
 
 
 # ---------------------------------------------------------------- glaive
@@ -393,7 +437,7 @@ def _glaive_call(text: str, field: str) -> tuple[str, dict]:
 
 
 def _convert_glaive(record: dict):
-    """glaive v2: docs from `system`; messages = USER turns before the first ASSISTANT; its one call or []."""
+    """glaive v2: docs from `system`; one answer per ASSISTANT <functioncall> turn (_Conversation)."""
     functions = _glaive_docs(_get(record, "system", str))
     if not functions:
         raise RowError("system", "no functions offered")
@@ -401,28 +445,32 @@ def _convert_glaive(record: dict):
     marks = list(_GLAIVE_TURN.finditer(chat))
     if not marks or chat[:marks[0].start()].strip():
         raise RowError("chat", f"expected the chat to start with 'USER:', found {chat[:40]!r}")
-    messages = []
+    conversation = _Conversation("chat")
     for i, mark in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(chat)
         content = chat[mark.end():end].replace("<|endoftext|>", "").strip()
         if mark.group(1) == "ASSISTANT":
-            target = [_glaive_call(content, f"chat.turns[{i}]")] if "<functioncall>" in content else []
-            return _need_user(messages, "chat"), functions, target
-        if mark.group(1) != "USER":
-            raise RowError(f"chat.turns[{i}]", "FUNCTION RESPONSE before any ASSISTANT turn")
-        messages.append({"role": "user", "content": content})
-    raise RowError("chat", "no ASSISTANT turn")
+            if "<functioncall>" in content:
+                conversation.call([_glaive_call(content, f"chat.turns[{i}]")])
+            else:
+                conversation.text(content)
+        elif mark.group(1) == "FUNCTION RESPONSE":
+            conversation.result(content, f"chat.turns[{i}]")
+        else:
+            conversation.add("user", content)
+    return functions, conversation.done("no ASSISTANT turn")
 
 
 # ---------------------------------------------------------------- chat_with_tools (OpenAI messages, ShareGPT)
 
 def _convert_chat(record: dict):
-    """OpenAI `messages` or LLaMA-Factory `conversations` + `tools`: turns before the first assistant turn."""
+    """OpenAI `messages` (+ `tool_calls`, `tool` results) or LLaMA-Factory `conversations` + `tools`: one answer
+    per assistant turn that calls (_Conversation)."""
     tools = record.get("tools")
     functions = [] if tools in (None, "", []) else _function_docs(tools, "tools", "schema")
     if record.get("messages") is None and record.get("conversations") is not None:
         return _convert_sharegpt(record, functions)
-    messages = []
+    conversation = _Conversation("messages")
     for i, msg in enumerate(_get(record, "messages", list)):
         field = f"messages[{i}]"
         role = _get(msg, "role", str, f"{field}.role")
@@ -432,39 +480,46 @@ def _convert_chat(record: dict):
                 raise RowError(f"{field}.tool_calls", f"expected a list, found {_kind(calls)}")
             calls = [_call_obj(_get(call, "function", dict, f"{field}.tool_calls[{j}].function"),
                                f"{field}.tool_calls[{j}].function") for j, call in enumerate(calls)]
-            if not calls:
-                _message(role, msg.get("content"), f"{field}.content")
-            return _need_user(messages, "messages"), _need_tools(functions), calls
-        if role not in ("system", "user"):
-            raise RowError(f"{field}.role", f"role {role!r} before the first assistant turn")
-        messages.append(_message(role, msg.get("content"), f"{field}.content"))
-    raise RowError("messages", "no assistant turn")
+            if calls:
+                conversation.call(calls)
+            else:
+                conversation.text(_message(role, msg.get("content"), f"{field}.content")["content"])
+        elif role == "tool":
+            conversation.result(_message(role, msg.get("content"), f"{field}.content")["content"], field)
+        elif role in ("system", "user"):
+            conversation.messages.append(_message(role, msg.get("content"), f"{field}.content"))
+        else:
+            raise RowError(f"{field}.role", f"unknown role {role!r}; expected system, user, assistant or tool")
+    return _need_tools(functions), conversation.done("no assistant turn")
 
 
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user"}
 
 
 def _convert_sharegpt(record: dict, functions: list[dict]):
-    system = record.get("system")
-    messages = [_message("system", system, "system")] if system else []
+    conversation = _Conversation("conversations")
+    if record.get("system"):
+        conversation.messages.append(_message("system", record["system"], "system"))
     for i, turn in enumerate(_get(record, "conversations", list)):
         field = f"conversations[{i}]"
         sender = _get(turn, "from", str, f"{field}.from")
         value = turn.get("value")
         if sender in ("gpt", "assistant"):
-            _message("assistant", value, f"{field}.value")
-            return _need_user(messages, "conversations"), _need_tools(functions), []
-        if sender == "function_call":
+            conversation.text(_message("assistant", value, f"{field}.value")["content"])
+        elif sender == "function_call":
             value = _json(value, f"{field}.value", (list, dict))
             if isinstance(value, dict):  # one call, or a list of parallel calls
-                calls = [_call_obj(value, f"{field}.value")]
+                conversation.call([_call_obj(value, f"{field}.value")])
             else:
-                calls = [_call_obj(c, f"{field}.value[{j}]") for j, c in enumerate(value)]
-            return _need_user(messages, "conversations"), _need_tools(functions), calls
-        if sender not in _SHAREGPT_ROLES:
-            raise RowError(f"{field}.from", f"turn from {sender!r} before the first assistant turn")
-        messages.append(_message(_SHAREGPT_ROLES[sender], value, f"{field}.value"))
-    raise RowError("conversations", "no gpt or function_call turn")
+                conversation.call([_call_obj(c, f"{field}.value[{j}]") for j, c in enumerate(value)])
+        elif sender in ("observation", "tool"):
+            conversation.result(_message("tool", value, f"{field}.value")["content"], field)
+        elif sender in _SHAREGPT_ROLES:
+            conversation.messages.append(_message(_SHAREGPT_ROLES[sender], value, f"{field}.value"))
+        else:
+            raise RowError(f"{field}.from", f"unknown sender {sender!r}; expected system, human, gpt, "
+                                            "function_call or observation")
+    return _need_tools(functions), conversation.done("no gpt or function_call turn")
 
 
 def _need_tools(functions: list[dict]) -> list[dict]:
@@ -528,7 +583,7 @@ def _convert_agentbank(record: dict):
                 raise RowError(spec_field, "no JSON tool specs (objects with name and parameters) before the answer")
             unique = [spec for k, spec in enumerate(specs) if spec not in specs[:k]]  # one spec quoted twice
             functions = _function_docs(unique, f"{spec_field}.tools", "auto")
-            return _need_user(messages, "conversations"), functions, _react_call(value, f"{field}.value")
+            return functions, [(_need_user(messages, "conversations"), _react_call(value, f"{field}.value"))]
         found = _json_specs(value) if role != "assistant" else []
         if found and not specs:
             spec_field = f"{field}.value"

@@ -476,7 +476,8 @@ def row_example(row: dict) -> Example:
 
 
 def question_text(row: dict) -> str:
-    return "\n".join(m["content"] for m in row["messages"] if m["role"] == "user")
+    """What the answer answers: the user turns and, in a multi-turn chat, the calls and results before it."""
+    return "\n".join(m["content"] for m in row["messages"] if m["role"] != "system")
 
 
 def _called(row: dict) -> tuple[str, ...]:
@@ -502,15 +503,17 @@ def _shingles(text: str) -> set[tuple]:
 def remove_near_duplicates(rows: list[dict], threshold: float) -> tuple[list[dict], list[dict]]:
     """Jaccard similarity of word 3-gram shingles, compared only among rows calling the same functions."""
     kept, rejected = [], []
-    groups: dict[tuple, list[tuple[str, set]]] = defaultdict(list)
+    groups: dict[tuple, list[tuple[str, set, str]]] = defaultdict(list)
     for row in rows:
         shingles, group = _shingles(question_text(row)), groups[_called(row)]
-        twin = next((other for other, seen in group
-                     if shingles and len(shingles & seen) / len(shingles | seen) >= threshold), None)
+        # a chat's later turn repeats its earlier ones' history: it is the next answer, not a twin
+        chat = row.get("conversation") or row["id"]
+        twin = next((other for other, seen, other_chat in group if other_chat != chat
+                     and shingles and len(shingles & seen) / len(shingles | seen) >= threshold), None)
         if twin:
             rejected.append(reject(row, "near_duplicate", "messages", f"question nearly identical to {twin}'s"))
         else:
-            group.append((row["id"], shingles))
+            group.append((row["id"], shingles, chat))
             kept.append(row)
     return kept, rejected
 
@@ -575,8 +578,9 @@ def split_by_function(rows: list[dict], validation_fraction: float, seed: int) -
             name = parent[name]
         return name
 
-    def names(row):  # no-call rows are tied to the functions they offer
-        return _called(row) or tuple(sorted(_docs(row)))
+    def names(row):  # no-call rows are tied to the functions they offer, a chat's rows to each other
+        chat = (f"<chat {row['conversation']}>",) if row.get("conversation") else ()
+        return (_called(row) or tuple(sorted(_docs(row)))) + chat
 
     for row in rows:
         first, *rest = names(row) or ("<none>",)
