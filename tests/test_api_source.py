@@ -65,6 +65,8 @@ def test_docs_use_only_types_bfcl_checks():
         assert set(doc["parameters"]["required"]) <= set(doc["parameters"]["properties"])
     assert len(docs) >= 300  # hundreds of distinct functions
     assert len({d["name"] for d in docs}) == len(docs)
+    with pytest.raises(ValueError, match="'numpy.char' does not import here"):  # not skipped unnoticed
+        collect_functions(("math", "numpy.char"))
 
 
 def test_bfcl_function_names_are_left_out():
