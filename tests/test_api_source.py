@@ -179,4 +179,6 @@ def test_selectable_in_stage02_config():
     assert load_sources(DataConfig(bfcl_sources=[]), progress=False) == ([], [])  # default: not included
     with pytest.raises(ValueError, match="synthetic_sources"):
         DataConfig(synthetic_sources=["nope"])
+    with pytest.raises(ValueError, match="max_offered must be at least 2"):
+        ApiSourceConfig(max_offered=1)
     assert inspect.signature(api_source.load_api_source).parameters["seed"].default == 0

@@ -187,6 +187,8 @@ def test_unknown_parameters_are_refused():
         td.DataConfig(bfcl_sources=["nope"])
     with pytest.raises(ValueError, match="unknown augment kinds"):
         td.DataConfig(augment={"shuffle": 0.1})
+    with pytest.raises(ValueError, match="max_distractors must be at least 1"):
+        td.DataConfig(max_distractors=0)
     # two datasets of one format default to one source name: their ids (`xlam-0`, ...) would collide
     with pytest.raises(ValueError, match=r"share the source name\(s\) \['xlam'\]"):
         td.DataConfig(user_datasets=[{"path": "a.json", "format": "xlam"}, {"path": "b.json", "format": "xlam"}])

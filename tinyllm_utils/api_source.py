@@ -74,6 +74,8 @@ class ApiSourceConfig:
         unknown = set(self.mix) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown mix kinds {sorted(unknown)}; expected some of {KINDS}")
+        if self.max_offered < 2:  # a multiple row offers the called function and at least one other
+            raise ValueError(f"max_offered must be at least 2, got {self.max_offered}")
 
     def to_dict(self) -> dict:
         return asdict(self)
