@@ -347,6 +347,11 @@ def test_arrow_none_filled_properties_are_not_parameters():
               "tools": [{"type": "function", "function": {"name": "f", "parameters": params}}]}
     rows, _ = convert_records([record], "chat_with_tools")
     assert summary(rows[0]["functions"]) == [("f", {"q": "string"}, ["q"])]
+    # the same for Python-typed (xLAM) parameters given as structs
+    tools = [{"name": "f", "description": "d", "parameters": {"x": {"type": "int", "description": "x"},
+                                                              "other_rows_param": None}}]
+    rows, rejected = convert_records([{**XLAM_OK, "tools": tools}], "xlam")
+    assert not rejected and summary(rows[0]["functions"]) == [("f", {"x": "integer"}, ["x"])]
 
 
 def test_required_name_without_property_rejects():

@@ -346,6 +346,8 @@ def _python_params(params, field: str) -> dict:
     properties, required = {}, []
     for name, spec in params.items():
         pfield = f"{field}.{name}"
+        if spec is None:  # a key Arrow added from another row's parameters
+            continue
         if not isinstance(spec, dict):
             raise RowError(pfield, f"expected a parameter object, found {_kind(spec)}")
         doc, optional = _python_type(_get(spec, "type", str, f"{pfield}.type"), f"{pfield}.type")
