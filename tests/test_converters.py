@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -434,13 +435,49 @@ def test_a_multi_turn_chat_gives_a_row_per_calling_turn_with_its_history(kind):
     if kind != "glaive":
         assert second["target"] == [{"f": {"q": "dogs"}}, {"f": {"q": "owls"}}]
 
-    # the rows render through the one prompt path, tool turns as the evaluation's multi-turn chat writes them
+    assert asked == ("and dogs?" if kind == "glaive" else "and dogs and owls?")
+
+    # the row's prompt is byte for byte what the evaluation's multi-turn chat shows the model at that point
+    from tinyllm_utils.decoding import DecodeError
+    from tinyllm_utils.model_families import PlainConversation
     from tinyllm_utils.prompts import first_turn_messages, format_prompt
     from tinyllm_utils.training_data import category_of, row_entry
 
-    prompt = format_prompt(first_turn_messages(row_entry({**second, "category": category_of(second)}))[0], "gemma")
+    entry = row_entry({**second, "category": category_of(second)})
+    prompt = format_prompt(first_turn_messages(entry)[0], "gemma")
+    chat = PlainConversation({**entry, "question": [[m] for m in second["messages"] if m["role"] == "user"]},
+                             "gemma")
+
+    def reply(text):  # a reply without a call ends the turn (run_multi_turn catches the DecodeError)
+        with contextlib.suppress(DecodeError):
+            chat.add_reply(text)
+
+    chat.add_user(chat.turns[0])
+    reply("What should I look for?")
+    chat.add_user(chat.turns[1])
+    reply("[f(q='cats')]")
+    chat.add_results(["f(q='cats')"], ["3 cats"])
+    reply("Found 3 cats.")
+    chat.add_user(chat.turns[2])
+    assert prompt == chat.prompt()
     assert "<start_of_turn>model\n[f(q='cats')]<end_of_turn>\n<start_of_turn>tool\n3 cats<end_of_turn>" in prompt
-    assert prompt.endswith(f"<start_of_turn>user\n{asked}<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_a_chats_answer_is_its_call_after_a_user_or_tool_turn():
+    """As in the evaluation, an answer follows a user or tool turn: a greeting before the first user turn and
+    text said just before a call are not kept (the prompt would hold two model turns in a row); an empty call
+    list is no answer."""
+    call = {"type": "function", "function": {"name": "f", "arguments": '{"q": "cats"}'}}
+    record = {"tools": CHAT_TOOLS, "messages": [
+        {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "find cats"},
+        {"role": "assistant", "content": "Let me look."}, {"role": "assistant", "tool_calls": [call]}]}
+    rows, rejected = convert_records([record], "chat_with_tools")
+    assert not rejected and rows[0]["messages"] == [{"role": "user", "content": "find cats"}]
+    assert rows[0]["target"] == [{"f": {"q": "cats"}}]
+    empty = {"tools": json.dumps([CHAT_TOOLS[0]["function"]]), "conversations": [
+        {"from": "human", "value": "find cats"}, {"from": "function_call", "value": "[]"}]}
+    item = reject_one(empty, "chat_with_tools")
+    assert item["field"] == "conversations[1].value" and item["reason"] == "an empty call list"
 
 
 def test_a_bad_later_turn_rejects_the_whole_chat():

@@ -176,6 +176,14 @@ def test_a_review_inside_the_stage_folder_is_refused_not_read_blank(tmp_path):
     pairs.check_review_csv(None, stage_dir)
 
 
+def test_the_review_shows_a_later_turns_calls_and_results():
+    messages = [{"role": "user", "content": "Look up zebra, then what it says."},
+                {"role": "assistant", "content": "[lookup(word='zebra')]"}, {"role": "tool", "content": "see stripes"}]
+    assert pairs.question_text({"messages": json.dumps(messages)}) == (
+        "Look up zebra, then what it says.\n[assistant] [lookup(word='zebra')]\n[tool] see stripes")
+    assert pairs.question_text({"messages": json.dumps(messages[:1])}) == "Look up zebra, then what it says."
+
+
 def test_blank_review_keeps_every_pair(candidates, tmp_path):
     built, _ = pairs.build_pairs(candidates[:4], {}, _config())
     path = tmp_path / "review.csv"

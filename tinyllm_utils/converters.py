@@ -92,7 +92,8 @@ def load_user_dataset(path: str, fmt: str, split: str = "train", limit: int | No
 
 
 def convert_records(records: Iterable[dict], fmt: str, source: str | None = None) -> tuple[list[dict], list[dict]]:
-    """Convert records of format `fmt`; returns (rows, rejected), one entry per record."""
+    """Convert records of format `fmt`; returns (rows, rejected): each record gives its rows (one per calling
+    turn of a chat) or one rejection."""
     _check_format(fmt)
     convert, source = _CONVERTERS[fmt], source or fmt
     rows, rejected = [], []
@@ -199,24 +200,35 @@ class _Conversation:
     """A chat read turn by turn into answers: one (messages before it, calls) per assistant turn that calls,
     earlier calls kept in the history as the call text the model writes and tool results as `tool` messages
     (the evaluation's multi-turn chat). Assistant text stays as history; only a chat with no call at all
-    answers in text, at its first assistant turn (target [])."""
+    answers in text, at its first assistant turn (target []). As in the evaluation, an answer is its call list
+    alone and follows a user or tool turn: text said just before a call (or beside it) is not kept, nor a
+    greeting before the first user turn (the system prompt is folded into the first turn)."""
 
     def __init__(self, field: str):
         self.field, self.messages, self.answers, self.first_text = field, [], [], None
+        self.last_is_text = False
 
     def add(self, role: str, content) -> None:
         self.messages.append({"role": role, "content": content})
+        self.last_is_text = False
 
-    def call(self, calls: list[tuple[str, dict]]) -> None:
+    def call(self, calls: list[tuple[str, dict]], field: str) -> None:
         from tinyllm_utils.prompts import render_calls
 
+        if not calls:
+            raise RowError(field, "an empty call list")
+        if self.last_is_text:
+            self.messages.pop()
         self.answers.append((_need_user(list(self.messages), self.field), calls))
         self.add("assistant", render_calls([call for _, call in calls]))
 
     def text(self, content: str) -> None:
+        if not any(m["role"] == "user" for m in self.messages):
+            return
         if self.first_text is None and not self.answers:
             self.first_text = list(self.messages)
         self.add("assistant", content)
+        self.last_is_text = True
 
     def result(self, content: str, field: str) -> None:
         if not self.answers:
@@ -227,7 +239,9 @@ class _Conversation:
         if self.answers:
             return self.answers
         if self.first_text is not None:
-            return [(_need_user(self.first_text, self.field), [])]
+            return [(self.first_text, [])]
+        if not any(m["role"] == "user" for m in self.messages):
+            raise RowError(self.field, "no user message before the answer")
         raise RowError(self.field, missing)
 
 
@@ -453,7 +467,7 @@ def _convert_glaive(record: dict):
         content = chat[mark.end():end].replace("<|endoftext|>", "").strip()
         if mark.group(1) == "ASSISTANT":
             if "<functioncall>" in content:
-                conversation.call([_glaive_call(content, f"chat.turns[{i}]")])
+                conversation.call([_glaive_call(content, f"chat.turns[{i}]")], f"chat.turns[{i}]")
             else:
                 conversation.text(content)
         elif mark.group(1) == "FUNCTION RESPONSE":
@@ -483,13 +497,13 @@ def _convert_chat(record: dict):
             calls = [_call_obj(_get(call, "function", dict, f"{field}.tool_calls[{j}].function"),
                                f"{field}.tool_calls[{j}].function") for j, call in enumerate(calls)]
             if calls:
-                conversation.call(calls)
+                conversation.call(calls, f"{field}.tool_calls")
             else:
                 conversation.text(_message(role, msg.get("content"), f"{field}.content")["content"])
         elif role == "tool":
             conversation.result(_message(role, msg.get("content"), f"{field}.content")["content"], field)
         elif role in ("system", "user"):
-            conversation.messages.append(_message(role, msg.get("content"), f"{field}.content"))
+            conversation.add(role, _message(role, msg.get("content"), f"{field}.content")["content"])
         else:
             raise RowError(f"{field}.role", f"unknown role {role!r}; expected system, user, assistant or tool")
     return _need_tools(functions), conversation.done("no assistant turn")
@@ -501,7 +515,7 @@ _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user"}
 def _convert_sharegpt(record: dict, functions: list[dict]):
     conversation = _Conversation("conversations")
     if record.get("system"):
-        conversation.messages.append(_message("system", record["system"], "system"))
+        conversation.add("system", _message("system", record["system"], "system")["content"])
     for i, turn in enumerate(_get(record, "conversations", list)):
         field = f"conversations[{i}]"
         sender = _get(turn, "from", str, f"{field}.from")
@@ -511,13 +525,14 @@ def _convert_sharegpt(record: dict, functions: list[dict]):
         elif sender == "function_call":
             value = _json(value, f"{field}.value", (list, dict))
             if isinstance(value, dict):  # one call, or a list of parallel calls
-                conversation.call([_call_obj(value, f"{field}.value")])
+                conversation.call([_call_obj(value, f"{field}.value")], f"{field}.value")
             else:
-                conversation.call([_call_obj(c, f"{field}.value[{j}]") for j, c in enumerate(value)])
+                conversation.call([_call_obj(c, f"{field}.value[{j}]") for j, c in enumerate(value)],
+                                  f"{field}.value")
         elif sender in ("observation", "tool"):
             conversation.result(_message("tool", value, f"{field}.value")["content"], field)
         elif sender in _SHAREGPT_ROLES:
-            conversation.messages.append(_message(_SHAREGPT_ROLES[sender], value, f"{field}.value"))
+            conversation.add(_SHAREGPT_ROLES[sender], _message(sender, value, f"{field}.value")["content"])
         else:
             raise RowError(f"{field}.from", f"unknown sender {sender!r}; expected system, human, gpt, "
                                             "function_call or observation")

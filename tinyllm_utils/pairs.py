@@ -132,9 +132,14 @@ def reference_text(row: dict) -> str:
 
 
 def question_text(row: dict) -> str:
-    """The user's request (last user message), for human review."""
-    users = [m["content"] for m in json.loads(row["messages"]) if m["role"] == "user"]
-    return users[-1] if users else ""
+    """The user's request (last user message), for human review; in a multi-turn chat with the calls and
+    results that came after it, which the answer continues from."""
+    messages = json.loads(row["messages"])
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        return ""
+    return "\n".join([messages[last_user]["content"]] + [f"[{m['role']}] {m['content']}"
+                                                        for m in messages[last_user + 1:]])
 
 
 def verify_chosen(rows: list[dict]) -> tuple[list[dict], list[dict]]:

@@ -95,7 +95,8 @@ class DataConfig:
         if unknown:
             raise ValueError(f"unknown synthetic_sources {sorted(map(str, unknown))}; "
                              f"expected some of {SYNTHETIC_SOURCES}")
-        if self.augment and self.max_distractors < 1:  # multiple / irrelevance augmentation adds 1..max docs
+        distractors = self.augment.get("multiple") or self.augment.get("irrelevance")
+        if distractors and self.max_distractors < 1:  # multiple / irrelevance augmentation adds 1..max docs
             raise ValueError(f"max_distractors must be at least 1 when augmenting, got {self.max_distractors}")
         # a row's id is `<source>-<index>` and its source names it in every table: two datasets under one
         # source name (the format's, by default) would share ids and be counted as one
