@@ -510,9 +510,10 @@ def check_review_csv(path: str | Path | None, stage_dir: str | Path) -> None:
         return
     path, stage_dir = Path(path), Path(stage_dir)
     if path.resolve().is_relative_to(stage_dir.resolve()):
-        raise ValueError(f"review_csv {path} is inside the stage's folder {stage_dir}, which this rerun has set "
-                         f"aside (the filled file is under {stage_dir.parent / '.stale'}): copy it out, e.g. to "
-                         f"{stage_dir.parent / 'review.csv'}, and pass that path")
+        raise ValueError(f"review_csv {path} is inside the stage's folder {stage_dir}: a new review reruns the "
+                         f"stage, which first sets that folder aside (a filled file there is now under "
+                         f"{stage_dir.parent / '.stale'}); copy it out, e.g. to {stage_dir.parent / 'review.csv'}, "
+                         "and pass that path")
     if not path.is_file():
         raise FileNotFoundError(f"review_csv {path}: no such file (a filled copy of review_sample.csv)")
 
