@@ -240,8 +240,7 @@ class _Conversation:
             return self.answers
         if self.first_text is not None:
             return [(self.first_text, [])]
-        if not any(m["role"] == "user" for m in self.messages):
-            raise RowError(self.field, "no user message before the answer")
+        _need_user(self.messages, self.field)
         raise RowError(self.field, missing)
 
 
