@@ -480,6 +480,27 @@ def test_a_chats_answer_is_its_call_after_a_user_or_tool_turn():
     assert item["field"] == "conversations[1].value" and item["reason"] == "an empty call list"
 
 
+def test_an_agentbank_trajectory_gives_a_row_per_action_with_observations_as_tool_results():
+    """Each ReAct turn with an Action is a row (its Thought dropped, like text beside a call); an
+    "Observation:" after a call is the tool result; the closing Final Answer is history, never a target."""
+    spec = REACT_PROMPT.replace('"properties": {}', '"properties": {"q": {"type": "string"}}')
+    record = {"conversations": [
+        {"from": "human", "value": spec + "\nQuestion: find cats, then dogs"},
+        {"from": "gpt", "value": "Thought: cats first.\nAction: f\nAction Input: {\"q\": \"cats\"}"},
+        {"from": "human", "value": "Observation: 3 cats"},
+        {"from": "gpt", "value": "Thought: now dogs.\nAction: f\nAction Input: {\"q\": \"dogs\"}"},
+        {"from": "human", "value": "Observation: 2 dogs"},
+        {"from": "gpt", "value": "Thought: done.\nFinal Answer: 3 cats and 2 dogs."}]}
+    rows, rejected = convert_records([record], "agentbank")
+    assert rejected == [] and [r["id"] for r in rows] == ["agentbank-0", "agentbank-0.2"]
+    first, second = rows
+    assert first["messages"] == [{"role": "user", "content": spec + "\nQuestion: find cats, then dogs"}]
+    assert first["target"] == [{"f": {"q": "cats"}}] and second["target"] == [{"f": {"q": "dogs"}}]
+    assert second["messages"] == first["messages"] + [{"role": "assistant", "content": "[f(q='cats')]"},
+                                                      {"role": "tool", "content": "3 cats"}]
+    assert summary(second["functions"]) == [("f", {"q": "string"}, [])]
+
+
 def test_a_bad_later_turn_rejects_the_whole_chat():
     record = json.loads(json.dumps(MULTI_TURN["chat_with_tools"]))
     record["messages"][-1]["tool_calls"][1]["function"]["name"] = "g"

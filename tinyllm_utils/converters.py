@@ -31,11 +31,12 @@ Formats (`FORMATS`):
 * agentbank: Solaris99/AgentBank. Assumed layout (from the hub dataset and code that reads it):
   `{"id": str, "conversations": [{"from": "system"|"human"|"gpt", "value": str, ...}]}`; gpt turns are ReAct
   text "Thought: ...\\nAction: <tool>\\nAction Input: <json>", observations come back as human turns
-  "Observation: ...". Tools must be declared as JSON in the system/human text before the answer: a JSON list of
-  specs or one JSON object per spec, each with `name` and `parameters` (JSON schema) or `input_parameters`
-  (API-Bank style Python types). The answer is the first gpt turn with an "Action:" line or a "Final Answer:";
-  earlier gpt turns (e.g. "OK") stay as assistant messages. Action "Finish" or a final answer -> target [].
-  Specs written as Python reprs (ToolLLaMA) or prose (the alfworld/webshop/gsm8k/... configs, whose actions are
+  "Observation: ...". Tools must be declared as JSON in the system/human text before the first answer: a JSON
+  list of specs or one JSON object per spec, each with `name` and `parameters` (JSON schema) or
+  `input_parameters` (API-Bank style Python types). Every gpt turn with an "Action:" line is an answer (its
+  Thought is dropped), an "Observation:" human turn after it the tool result; other gpt turns (e.g. "OK") stay as
+  assistant messages. A chat that never acts answers [] at its first "Final Answer:" or "Action: Finish". Specs
+  written as Python reprs (ToolLLaMA) or prose (the alfworld/webshop/gsm8k/... configs, whose actions are
   environment commands) are not parsed: those rows are rejected, never guessed.
 """
 
@@ -222,10 +223,11 @@ class _Conversation:
         self.answers.append((_need_user(list(self.messages), self.field), calls))
         self.add("assistant", render_calls([call for _, call in calls]))
 
-    def text(self, content: str) -> None:
+    def text(self, content: str, answer: bool = True) -> None:
+        """Assistant text; `answer=False`: a chat without calls does not answer here (ReAct's "OK")."""
         if not any(m["role"] == "user" for m in self.messages):
             return
-        if self.first_text is None and not self.answers:
+        if answer and self.first_text is None and not self.answers:
             self.first_text = list(self.messages)
         self.add("assistant", content)
         self.last_is_text = True
@@ -549,6 +551,7 @@ def _need_tools(functions: list[dict]) -> list[dict]:
 _REACT_ACTION = re.compile(r"^\s*Action\s*:\s*(.+?)\s*$", re.M)
 _REACT_INPUT = re.compile(r"^\s*Action Input\s*:\s*", re.M)
 _REACT_FINAL = re.compile(r"^\s*Final Answer\s*:", re.M)
+_REACT_OBSERVATION = re.compile(r"^\s*Observation\s*:\s*")
 _JSON_START = re.compile(r"[\[{]")
 
 
@@ -585,8 +588,10 @@ def _react_call(text: str, field: str) -> list[tuple[str, dict]]:
 
 
 def _convert_agentbank(record: dict):
-    """AgentBank ReAct trajectories: JSON tool specs in the prompt, target from the first Action/Final Answer."""
-    messages, specs, spec_field = [], [], "conversations[0].value"  # spec_field: the turn the specs came from
+    """AgentBank ReAct trajectories: JSON tool specs in the prompt, one answer per turn with an Action
+    (_Conversation), its "Observation:" the tool result; a chat without an Action answers in text at its
+    first "Final Answer:" or "Action: Finish"."""
+    conversation, specs, spec_field = _Conversation("conversations"), [], "conversations[0].value"
     for i, turn in enumerate(_get(record, "conversations", list)):
         field = f"conversations[{i}]"
         sender = _get(turn, "from", str, f"{field}.from")
@@ -597,15 +602,25 @@ def _convert_agentbank(record: dict):
         if role == "assistant" and (_REACT_ACTION.search(value) or _REACT_FINAL.search(value)):
             if not specs:
                 raise RowError(spec_field, "no JSON tool specs (objects with name and parameters) before the answer")
-            unique = [spec for k, spec in enumerate(specs) if spec not in specs[:k]]  # one spec quoted twice
-            functions = _function_docs(unique, f"{spec_field}.tools", "auto")
-            return functions, [(_need_user(messages, "conversations"), _react_call(value, f"{field}.value"))]
-        found = _json_specs(value) if role != "assistant" else []
-        if found and not specs:
-            spec_field = f"{field}.value"
-        specs += found
-        messages.append({"role": role, "content": value})
-    raise RowError("conversations", "no gpt turn with an 'Action:' line or a 'Final Answer:'")
+            calls = _react_call(value, f"{field}.value")
+            if calls:
+                conversation.call(calls, f"{field}.value")
+            else:
+                conversation.text(value)
+        elif role == "assistant":
+            conversation.text(value, answer=False)
+        elif (role == "user" and conversation.answers and conversation.messages[-1]["role"] in ("assistant", "tool")
+              and _REACT_OBSERVATION.match(value)):
+            conversation.result(_REACT_OBSERVATION.sub("", value, count=1), field)
+        else:
+            found = _json_specs(value) if not conversation.answers else []  # specs come before the first call
+            if found and not specs:
+                spec_field = f"{field}.value"
+            specs += found
+            conversation.add(role, value)
+    answers = conversation.done("no gpt turn with an 'Action:' line or a 'Final Answer:'")
+    unique = [spec for k, spec in enumerate(specs) if spec not in specs[:k]]  # one spec quoted twice
+    return _function_docs(unique, f"{spec_field}.tools", "auto"), answers
 
 
 _CONVERTERS = {"xlam": _convert_xlam, "glaive": _convert_glaive, "chat_with_tools": _convert_chat,
