@@ -20,8 +20,9 @@
 # stages 04-06, edge variants of stage 08 when they exist) from files alone — no model is loaded — and builds:
 #
 # * one tidy table (`results.parquet` / `.csv`): run, stage, model, method, parent, backend, quantization,
-#   category, n, correct, accuracy with its 95 % interval (Wilson per category, stratified bootstrap over entries
-#   for composite scores), training seconds, and the BFCL v3 and v4 overall rows;
+#   category, n, correct, accuracy with its 95 % interval (Wilson per category; for a composite score, the
+#   categories' Wilson intervals combined by MOVER, so a category answered all wrong still counts as uncertain),
+#   training seconds, and the BFCL v3 and v4 overall rows;
 # * the paper's **Table IV** for every model × method, with reference rows (the paper's headline, leaderboard rows
 #   of comparable small models, FunctionGemma's model card) from `tinyllm_utils/reference/`, each carrying its
 #   source, date and BFCL version; missing components are shown as missing, never 0;

@@ -4,6 +4,7 @@ paired statistics and generated findings."""
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,46 @@ def test_table_iv_shows_missing_components_as_missing(results):
 
 # ------------------------------------------------------------------------------------------------ statistics
 
+def test_a_composite_interval_keeps_the_uncertainty_of_a_category_answered_all_wrong():
+    """0 of 3 is not a certain 0 %: a bootstrap over entries gave such a composite a zero-width interval."""
+    samples = {"multi_turn_base": np.zeros(3), "simple_python": np.ones(25), "multiple": np.r_[np.ones(3), np.zeros(7)]}
+    assert analysis.composite_accuracy_interval(samples, {"multiple": 1.0}) == pytest.approx(
+        aggregate.wilson_interval(3, 10))  # one category: its Wilson interval
+    low, high = analysis.composite_accuracy_interval(samples, {"multi_turn_base": 0.5, "simple_python": 0.5})
+    mt, sp = aggregate.wilson_interval(0, 3), aggregate.wilson_interval(25, 25)
+    assert low == pytest.approx(0.5 - 0.5 * (1 - sp[0])) and high == pytest.approx(0.5 + 0.5 * mt[1])  # hand-checked
+    low, high = analysis.composite_accuracy_interval(samples, {"multi_turn_base": 0.25, "multiple": 0.75})
+    assert low < 0.75 * 0.3 < high
+
+
+def test_training_seconds_are_unknown_not_partial_when_a_trained_parent_has_no_evaluation(tmp_path):
+    root = load_tree_builder().build(tmp_path / "outputs")
+    sft_eval = root / "quick" / "04_sft" / "sft-lora" / "eval"
+    sft_eval.rename(root / "quick" / "04_sft" / "sft-lora" / ".eval-gone")  # e.g. moved aside with .stale
+    evals = analysis.collect(root, n_resamples=50).drop_duplicates("key").set_index("model")
+    dpo = evals.loc["gemma-3-270m-sft-dpo"]
+    assert dpo["training_seconds"] == 900.0 and pd.isna(dpo["training_seconds_total"])  # not 900 alone
+
+
+def test_training_json_is_looked_for_in_the_stage_only(tmp_path):
+    """A training.json above the run (or the stage) belongs to something else: never to a base evaluation."""
+    root = load_tree_builder().build(tmp_path / "outputs")
+    (root / "quick" / "training.json").write_text(json.dumps({"seconds": 7.0}))
+    (root / "training.json").write_text(json.dumps({"seconds": 7.0}))
+    for where in (root, root / "quick"):
+        base = [e for e in analysis.find_evaluations(where) if e.key.endswith("01_baseline_evaluation/gemma-3-270m")
+                and e.run_id == "quick"]
+        assert len(base) == 1 and base[0].training_seconds is None
+
+
+def test_labels_stay_unique_for_two_evaluations_of_one_model_in_one_stage(tmp_path):
+    root = load_tree_builder().build(tmp_path / "outputs")
+    first = root / "quick" / "04_sft" / "sft-lora" / "eval" / "gemma-3-270m-sft-lora"
+    shutil.copytree(first, first.parent / "again")
+    results = analysis.collect(root, n_resamples=50)
+    assert results["label"].nunique() == results["key"].nunique()
+
+
 def test_mcnemar_exact_known_answers():
     a, b = np.zeros(20), np.r_[np.ones(10), np.zeros(10)]
     assert analysis.mcnemar_exact(a, b) == pytest.approx(2 * 0.5 ** 10)  # 10 discordant, all one way
@@ -270,6 +311,16 @@ def test_comparisons_pair_methods_on_shared_entries(outputs, results):
     assert (keys["gemma-3-270m-sft-lora"], keys["gemma-3-270m-sft-dpo"]) in pairs  # the parent named in run.json
     assert (keys["gemma-3-270m-sft-lora-F16"], keys["gemma-3-270m-sft-lora-Q8_0"]) in pairs  # edge: vs its F16
     assert not any(b == base for _, b in pairs)  # a base model is never the derived side
+    # the same file evaluated again (stage 08's F16 is stage 06's export) is not a second derived model
+    again = results.copy()
+    f16 = again["key"] == keys["gemma-3-270m-sft-lora-F16"]
+    again.loc[f16, ["parent", "base_model"]] = "gemma-3-270m"  # as stage 08 copies the evaluated model's spec
+    assert (base, keys["gemma-3-270m-sft-lora-F16"]) in analysis.default_pairs(again)
+    again.loc[f16, "checkpoint"] = again.loc[again["key"] == keys["gemma-3-270m-sft-lora"], "checkpoint"].iloc[0]
+    deduplicated = analysis.default_pairs(again)
+    assert (base, keys["gemma-3-270m-sft-lora"]) in deduplicated
+    assert (keys["gemma-3-270m-sft-lora-F16"], keys["gemma-3-270m-sft-lora-Q8_0"]) in deduplicated
+    assert not any(b == keys["gemma-3-270m-sft-lora-F16"] for _, b in deduplicated)
     table = analysis.compare(entries, pairs, n_resamples=300)
     row = table[(table["a_key"] == base) & (table["b_key"] == keys["gemma-3-270m-sft-lora"])
                 & (table["comparison"] == "simple_python")].iloc[0]

@@ -8,8 +8,9 @@ never a model. An evaluation is any folder, at any depth under a run, that holds
 `run.json`; its method, parent and quantization come from run.json's `model_spec` (missing: method "base").
 Only the entries an evaluation selected count (a folder reused with another limit keeps older predictions).
 
-Intervals: Wilson for a category (aggregate.wilson_interval), a stratified bootstrap over entries (scipy) for the
-composite BFCL scores. Comparisons of two evaluations use their shared entries only: McNemar's exact test
+Intervals: Wilson for a category (aggregate.wilson_interval); for a composite BFCL score, the categories'
+Wilson intervals combined by MOVER (composite_accuracy_interval; a bootstrap over entries gave a category answered
+all right or all wrong no spread, and a base model's v3 overall the interval 19.76 to 19.76 %). Comparisons of two evaluations use their shared entries only: McNemar's exact test
 (statsmodels) per category, a paired sign-flip permutation test (scipy) for composite scores, paired bootstrap
 intervals for every difference, and Holm's correction over all comparisons of one report.
 """
@@ -221,8 +222,8 @@ def find_evaluations(root: str | Path) -> list[Evaluation]:
         backend = run.get("backend") or {}
         model = metrics.get("model") or spec.get("name") or eval_dir.name
         base_model = spec.get("base_model") or model
-        training = _sibling_file(eval_dir, root / run_id / stage if stage != "adhoc" else eval_dir, spec,
-                                 "training.json")
+        stage_dir = next((p for p in eval_dir.parents if p.name == stage), eval_dir)  # adhoc: the folder itself
+        training = _sibling_file(eval_dir, stage_dir, spec, "training.json")
         edge = _edge_variant(eval_dir)
         params_b = spec.get("params_b") or _registry_params().get(base_model) or _registry_params().get(model)
         evaluations.append(Evaluation(
@@ -315,6 +316,26 @@ def composite_interval(samples: dict[str, np.ndarray], weights: dict[str, float]
     return (float(result.confidence_interval.low), float(result.confidence_interval.high))
 
 
+def composite_accuracy_interval(samples: dict[str, np.ndarray], weights: dict[str, float]) -> tuple[float, float]:
+    """95 % interval of sum_k w_k p_k for 0/1 outcomes: each category's Wilson interval, combined by MOVER
+    (Zou & Donner 2008; Newcombe's method for differences of proportions): the point minus / plus the root of the
+    summed squared weighted distances to each category's limits. One category gives its Wilson interval exactly;
+    a category answered all right or all wrong still adds its uncertainty (a bootstrap over entries gave 0 of 3
+    multi-turn entries none, and a base model's v3 overall the interval 19.76 to 19.76 %)."""
+    point, below, above = 0.0, 0.0, 0.0
+    for category, weight in weights.items():
+        x = np.asarray(samples[category], dtype=float)
+        if len(x) == 0:
+            return (math.nan, math.nan)
+        p = x.mean()
+        low, high = aggregate.wilson_interval(int(x.sum()), len(x))
+        point += weight * p
+        down, up = (p - low, high - p) if weight > 0 else (high - p, p - low)
+        below += (weight * down) ** 2
+        above += (weight * up) ** 2
+    return (point - math.sqrt(below), point + math.sqrt(above))
+
+
 def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided exact McNemar p-value for paired 0/1 outcomes (statsmodels)."""
     from statsmodels.stats.contingency_tables import mcnemar
@@ -395,6 +416,10 @@ def _labels(evaluations: list[Evaluation]) -> dict[str, str]:
     for ev in evaluations:
         if counts[labels[ev.key]] > 1:
             labels[ev.key] = f"{labels[ev.key]} [{ev.run_id}/{ev.stage}]"
+    counts = pd.Series(list(labels.values())).value_counts()
+    for ev in evaluations:  # two of one model and method in one stage: only the key tells them apart
+        if counts[labels[ev.key]] > 1:
+            labels[ev.key] = f"{ev.model} · {ev.method} [{ev.key}]"
     return labels
 
 
@@ -424,7 +449,8 @@ def _parent_of(ev: Evaluation, evaluations: list[Evaluation]) -> Evaluation | No
 
 def cumulative_training_seconds(evaluations: list[Evaluation]) -> dict[str, float | None]:
     """Training seconds including every parent stage (SFT -> DPO costs both), following run.json's parent;
-    None where the model itself has no training.json."""
+    None where the model itself has no training.json, or where a parent trained in the run (`04_sft/...`) has no
+    evaluation to read its seconds from (moved to .stale, failed): a partial sum would make it look cheap."""
     totals = {}
     for ev in evaluations:
         total, seen, current = None, set(), ev
@@ -432,7 +458,11 @@ def cumulative_training_seconds(evaluations: list[Evaluation]) -> dict[str, floa
             seen.add(current.key)
             if current.training_seconds is not None:
                 total = (total or 0.0) + current.training_seconds
-            current = _parent_of(current, evaluations)
+            parent = _parent_of(current, evaluations)
+            if parent is None and current.parent and STAGE_PATTERN.match(current.parent):
+                total = None
+                break
+            current = parent
         totals[ev.key] = total if ev.training_seconds is not None else None
     return totals
 
@@ -447,7 +477,8 @@ def collect(root: str | Path, n_resamples: int = 2000, seed: int = 0) -> pd.Data
     """The tidy long results table of every evaluation under root (outputs/ or outputs/<run_id>).
 
     One row per (evaluation, category) with n, correct, accuracy % and its Wilson interval, and one row per
-    BFCL composite (scoring v3 / v4, every component; Table IV's relevance) with a bootstrap interval.
+    BFCL composite (scoring v3 / v4, every component; Table IV's relevance) with its categories' Wilson
+    intervals combined (composite_accuracy_interval).
     A composite whose categories were not all run is missing (NaN), never 0.
     """
     evaluations = find_evaluations(root)
@@ -483,13 +514,13 @@ def collect(root: str | Path, n_resamples: int = 2000, seed: int = 0) -> pd.Data
                 n = math.nan
                 seconds = math.nan
             else:
-                low, high = composite_interval(samples, weights, n_resamples, seed)
+                low, high = composite_accuracy_interval(samples, weights)
                 n = sum(len(samples[c]) for c in weights)
                 total = sum(len(samples[c]) for c in weights)
                 seconds = float(sum(latency[c] * len(samples[c]) for c in weights) / total) if total else math.nan
             rows.append(base | {"kind": "score", "scoring": formula, "category": name, "group": "composite",
                                 "n": n, "correct": math.nan, "accuracy": math.nan if value is None else 100 * value,
-                                "ci_low": 100 * low, "ci_high": 100 * high, "ci_method": "bootstrap",
+                                "ci_low": 100 * low, "ci_high": 100 * high, "ci_method": "wilson-mover",
                                 "seconds_per_entry": seconds, "category_size": math.nan})
     return pd.DataFrame(rows)
 
@@ -709,18 +740,22 @@ def default_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
       folder, model, label or method, or a checkpoint inside its model folder) and against the base evaluation
       of the same base model;
     * an edge variant (a quantization other than F16) against the F16 variant of its method and stage.
+
+    A file evaluated again (stage 08's F16 is stage 06's export) is compared as a derived model only once, at its
+    first evaluation: the same test twice would only enlarge Holm's family.
     """
     if not len(results):
         return []
-    evals = results.drop_duplicates("key")
+    evals = results.drop_duplicates("key").sort_values("key")
+    repeated = evals["checkpoint"].notna() & evals.duplicated(["run_id", "checkpoint"])
     pairs = []
-    for _, b in evals.iterrows():
+    for (_, b), again in zip(evals.iterrows(), repeated):
         same_run = evals[(evals["run_id"] == b["run_id"]) & (evals["key"] != b["key"])]
         if pd.notna(b["quantization"]) and b["quantization"] != "F16":
             f16 = same_run[(same_run["stage"] == b["stage"]) & (same_run["method"] == b["method"])
                            & (same_run["quantization"] == "F16")]
             pairs += [(a, b["key"]) for a in f16["key"]]
-        if b["method"] == "base":
+        if b["method"] == "base" or again:
             continue
         if pd.notna(b["parent"]) and b["parent"]:
             parent = str(b["parent"])
@@ -751,7 +786,8 @@ def compare(entry_table: pd.DataFrame, pairs: list[tuple[str, str]] | None = Non
         b = {c: g["correct_b"].to_numpy() for c, g in merged.groupby("category")}
         info = {"a": a_rows["label"].iloc[0], "b": b_rows["label"].iloc[0], "a_key": key_a, "b_key": key_b,
                 "run_id": b_rows["run_id"].iloc[0], "a_backend": a_rows["backend"].iloc[0],
-                "b_backend": b_rows["backend"].iloc[0]}
+                "b_backend": b_rows["backend"].iloc[0], "a_quantization": a_rows["quantization"].iloc[0],
+                "b_quantization": b_rows["quantization"].iloc[0]}
         for category in a:
             result = paired_difference(a, b, {category: 1.0}, n_resamples, seed)
             rows.append(info | {"scoring": "category", "comparison": category,
@@ -791,6 +827,9 @@ def comparison_sentence(row) -> str:
               f"Holm-adjusted p = {_p(row['p_holm'])}")
     if row.get("a_backend") != row.get("b_backend"):  # the method is then not the only difference
         detail += f"; backends differ: {row.get('a_backend')} vs {row.get('b_backend')}"
+    quantizations = (row.get("a_quantization"), row.get("b_quantization"))
+    if all(isinstance(q, str) for q in quantizations) and quantizations[0] != quantizations[1]:
+        detail += f"; weights differ in precision too: {quantizations[0]} vs {quantizations[1]}"
     if row["p_holm"] < ALPHA and row["diff"] != 0:
         verb = "beats" if row["diff"] > 0 else "trails"
         return f"**{row['b']}** {verb} **{row['a']}** by {abs(row['diff']):.1f} points on {what} ({detail})."
@@ -812,7 +851,7 @@ def evaluation_summary(results: pd.DataFrame, key: str, entry_table: pd.DataFram
             lines.append(f"BFCL {formula} overall: missing (not every category it needs was run).")
         else:
             s = scores.loc[(formula, "overall")]
-            lines.append(f"BFCL {formula} overall: {value:.2f} % (95 % bootstrap CI {s['ci_low']:.2f} to "
+            lines.append(f"BFCL {formula} overall: {value:.2f} % (95 % interval {s['ci_low']:.2f} to "
                          f"{s['ci_high']:.2f}).")
     if len(cats):
         best, worst = cats.iloc[0], cats.iloc[-1]

@@ -173,7 +173,7 @@ def plot_category_heatmap(results: pd.DataFrame):
 
 
 def plot_method_ablation(results: pd.DataFrame):
-    """Top: Table IV scores per model/method with 95 % intervals (Wilson for relevance, bootstrap for composites).
+    """Top: Table IV scores per model/method with 95 % intervals (Wilson; composites: the categories' Wilson intervals combined).
     Bottom: accuracy on each category that every model/method was evaluated on (trained models are evaluated on
     a subset of stage 01's categories, so they have no composite scores), Wilson intervals. Quantized variants
     (stage 08) have their own figure."""
@@ -197,7 +197,7 @@ def plot_method_ablation(results: pd.DataFrame):
             sub = data[data["label"] == label].set_index("column").reindex(cols)
             xs = np.arange(len(cols)) - 0.4 + width * (i + 0.5)
             ax.bar(xs, sub["value"], width, label=label, color=palette[label])
-            # clip: a degenerate bootstrap (every resample equal) can sit a rounding error past the point estimate
+            # clip: an interval can sit a rounding error past the point estimate (a category answered all wrong)
             yerr = np.clip([sub["value"] - sub["ci_low"], sub["ci_high"] - sub["value"]], 0, None)
             ax.errorbar(xs, sub["value"], yerr=yerr, fmt="none", ecolor="black", elinewidth=1, capsize=2)
         ax.set_xticks(range(len(cols)), ticks, rotation=20)
@@ -234,7 +234,7 @@ def plot_multi_turn_vs_params(results: pd.DataFrame, reference: pd.DataFrame | N
     n_text = "ours: none with all four multi-turn categories"
     if len(ours):
         ax.errorbar(ours["params_b"], ours["value"], yerr=[ours["value"] - ours["ci_low"], ours["ci_high"] - ours["value"]],
-                    fmt="*", color="crimson", ms=12, capsize=3, label="ours (BFCL v4 data, 95 % bootstrap CI)")
+                    fmt="*", color="crimson", ms=12, capsize=3, label="ours (BFCL v4 data, 95 % interval)")
         for _, row in ours.iterrows():
             ax.annotate(row["label"], (row["params_b"], row["value"]), fontsize=7, xytext=(5, -10),
                         textcoords="offset points")
