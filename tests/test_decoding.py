@@ -65,6 +65,31 @@ HOSTILE = [
 ]
 
 
+BFCL_CANNOT_READ = {HOSTILE[2], HOSTILE[4], HOSTILE[8], HOSTILE[9]}
+
+# Non-literal answers without side effects: bfcl's decoder can run on them, so what it reads is checked directly.
+NON_LITERAL = ["[f(a=x*2)]", "[f(a=5*2)]", "[f(a='ab'*2)]", "[f(a=Unit.C)]", "[f(a={1, 2})]", "[f(a=lambda: 1)]",
+               "[f(a=[i for i in (1, 2)])]", "[f(a=f'{1}')]", "[f(a=1 < 2)]", "[f(a=True and False)]",
+               "[f(a=1 if True else 2)]", "[f(a=-x)]", "[f(a=-'x')]", "[f(a=not True)]", "[f(a=~5)]",
+               "[f(a=g(b=1))]", "[f(a=g(b=lambda: 1))]", "[f(a=g(1))]", "[f(a=x[0])]", "[f(**{'a': 1})]",
+               "[f(a={**{'b': 1}})]", "[g()(a=1)]", "[f(a=b'x')]", "[f(a=1j)]", "[f(a=[1, x.y])]",
+               "[f(a=1), g(b=lambda: 2)]", "[f(a=(1, Unit.C))]"]
+
+
+@pytest.mark.parametrize("text", NON_LITERAL)
+def test_a_refused_answer_counts_as_a_call_exactly_when_bfcls_decoder_reads_one(text):
+    with pytest.raises(UnsafeOutputError) as refused:
+        decode_ast(text)
+    try:
+        default_decode_ast_prompting(text)
+        bfcl_reads = True
+    except Exception:
+        bfcl_reads = False
+    assert refused.value.bfcl_decodes == bfcl_reads
+    irrelevance = score_example(load_category("irrelevance", 1)[0], text)
+    assert irrelevance["valid"] == (not bfcl_reads)
+
+
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_output_is_never_evaluated_and_scores_wrong(text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -74,7 +99,8 @@ def test_hostile_output_is_never_evaluated_and_scores_wrong(text, tmp_path, monk
     result = score_example(example, text)
     assert not result["valid"] and result["error_type"] == "ast_decoder:unsafe_expression"
     irrelevance = score_example(load_category("irrelevance", 1)[0], text)
-    assert not irrelevance["valid"], "call-shaped output counts as a call, as bfcl would decode it"
+    # a call for irrelevance where bfcl's decoder reads one: lambdas, comprehensions, f-strings and sets it cannot
+    assert irrelevance["valid"] == (text in BFCL_CANNOT_READ), "relevance follows what bfcl's decoder reads"
     assert decode_step(text, {"f", "cd", "ls"}) == []
     assert not (tmp_path / "CANARY").exists()
 

@@ -12,13 +12,15 @@ model text:
   multi-turn executor, keeping only names from an allow-list (the offered API methods).
 
 Everything else (nested calls, attribute access, arithmetic, lambdas, comprehensions, `**kwargs`) raises
-`UnsafeOutputError`: the text *is* call-shaped, so relevance scoring still counts it as a call, but it is
-never evaluated and the AST categories score it as wrong.
+`UnsafeOutputError`: never evaluated, wrong for the AST categories. For (ir)relevance it counts as a call when
+bfcl's own decoder would have read one (`bfcl_decodes`, from the syntax tree alone: nested calls, subscripts and
+arithmetic yes; attributes, lambdas, sets, comprehensions, f-strings, comparisons no, as its resolver raises).
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import io
 import keyword
 import tokenize
@@ -39,9 +41,11 @@ class DecodeError(ValueError):
 
 
 class UnsafeOutputError(DecodeError):
-    """The text is call-shaped but holds an expression that is not a literal."""
+    """The text is call-shaped but holds an expression that is not a literal. `bfcl_decodes`: whether bfcl's
+    decoder would have read calls from it (relevance scoring follows bfcl there)."""
 
     error_type = UNSAFE_EXPRESSION
+    bfcl_decodes = True
 
 
 def _wrap_in_brackets(text: str) -> str:
@@ -116,6 +120,9 @@ def decode_python(text: str) -> list[dict]:
         raise DecodeError(f"not Python syntax: {type(exc).__name__}: {str(exc)[:200]}") from None
     try:
         return _calls(tree.body)
+    except UnsafeOutputError as exc:
+        exc.bfcl_decodes = _bfcl_reads_calls(tree.body)
+        raise
     except DecodeError:
         raise
     except (TypeError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
@@ -134,6 +141,36 @@ def _calls(body: ast.AST) -> list[dict]:
             raise DecodeError(f"list element is a {type(element).__name__}, not a call")
         calls.append(_call(element))
     return calls
+
+
+# --- What bfcl's decoder would make of a refused text, read from the tree (bfcl_eval.model_handler.utils:
+# ast_parse -> resolve_ast_call -> resolve_ast_by_type), so that (ir)relevance scores it as bfcl does.
+
+def _bfcl_reads_calls(body: ast.AST) -> bool:
+    if isinstance(body, ast.Call):
+        return _bfcl_reads_call(body)
+    return all(isinstance(e, ast.Call) and _bfcl_reads_call(e) for e in body.elts)  # _calls took a list
+
+
+def _bfcl_reads_call(call: ast.Call) -> bool:
+    return all(_bfcl_resolves(k.value) for k in call.keywords)  # any callee (a nameless one reads as "")
+
+
+def _bfcl_resolves(node: ast.AST) -> bool:
+    """Whether resolve_ast_by_type returns for this argument value (instead of raising)."""
+    if isinstance(node, (ast.Constant, ast.Name, ast.Subscript)):
+        return True
+    if isinstance(node, ast.UnaryOp):  # bfcl negates `operand.value`, whatever the operator
+        return isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float, complex))
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return all(_bfcl_resolves(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is not None and _bfcl_resolves(k) for k in node.keys) and all(map(_bfcl_resolves, node.values))
+    if isinstance(node, ast.Call):  # without keywords bfcl keeps the call's text, with them it resolves them
+        return not node.keywords or _bfcl_reads_call(node)
+    if isinstance(node, ast.BinOp):  # bfcl eval()s it: a name that is no builtin raises NameError there
+        return all(n.id in vars(builtins) for n in ast.walk(node) if isinstance(n, ast.Name))
+    return False  # Attribute, Lambda, Set, comprehensions, f-strings, comparisons, ...: "Unsupported AST type"
 
 
 def decode_ast(text: str, language: str = "python") -> list[dict]:

@@ -35,8 +35,8 @@ def score_single_turn(example: Example, raw: str, parser=None) -> dict:
     try:
         decoded = (parser or decode_ast)(raw, language_of(category))
     except UnsafeOutputError as exc:
-        if is_relevance(category):  # call-shaped output counts as a call, as bfcl would decode it
-            return _relevance(category, contains_call=True, decoded=None, error=str(exc))
+        if is_relevance(category):  # a call when bfcl's decoder would have read one (never evaluated here)
+            return _relevance(category, contains_call=exc.bfcl_decodes, decoded=None, error=str(exc))
         return _result(False, None, exc.error_type, str(exc))
     except DecodeError as exc:
         if is_relevance(category):
