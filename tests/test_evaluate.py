@@ -105,6 +105,32 @@ def test_multi_turn_loop_executes_and_feeds_back_results(category):
     assert prompts == prompts_first
 
 
+@pytest.mark.parametrize("stuck_turn", ["first", "last"])
+def test_the_step_limit_ends_the_entry_and_only_missing_turns_fail_it(stuck_turn):
+    """As bfcl: a model that keeps calling is stopped after MAXIMUM_STEP_LIMIT + 1 steps; stopped before the
+    last turn, the missing turns fail the entry (force_terminated), on the last turn the checker decides."""
+    from tinyllm_utils import bfcl
+    from tinyllm_utils.scoring import score_example
+
+    example = load_category("multi_turn_base", 1, seed=5)[0]
+    truth = render_multi_turn_ground_truth(example)
+    stuck = 0 if stuck_turn == "first" else len(truth) - 1
+    steps_in_turn = {}
+
+    def reply_for(prompt):
+        turn = prompt.count("<start_of_turn>user") - 1
+        k = steps_in_turn[turn] = steps_in_turn.get(turn, -1) + 1
+        if turn == stuck:
+            return truth[turn][0]  # the same call again and again
+        return truth[turn][k] if k < len(truth[turn]) else "Done."
+
+    result = run_multi_turn(example, FakeBackend(reply_for), "gemma")
+    assert result["error"] is None and result["force_quit_turn"] == stuck
+    assert len(result["raw"]) == stuck + 1 and len(result["raw"][-1]) == bfcl.MAXIMUM_STEP_LIMIT + 1
+    scored = score_example(example, result["raw"])
+    assert (scored["error_type"] == "multi_turn:force_terminated") == (stuck_turn == "first" and len(truth) > 1)
+
+
 def test_rescoring_from_disk_agrees_and_detects_tampering(fake, tmp_path):
     from tinyllm_utils.evaluate import rescore
 

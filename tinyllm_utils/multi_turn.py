@@ -73,8 +73,9 @@ def run_multi_turn(example: Example, backend, prompt_format: str | None = None, 
                     break
                 chat.add_results(calls + refused, execute_calls(calls, refused, example, session))
             else:
-                # bfcl force-quits the whole entry after too many steps; the checker then fails it.
-                stats["error"] = "multi_turn:force_terminated"
+                # bfcl force-quits the entry after too many steps, keeping this turn's steps: before the last
+                # turn, the missing turns fail it (scoring's length check); on the last, the checker still runs.
+                stats["force_quit_turn"] = turn_index
                 return {"raw": raw_turns, **stats}
     finally:
         bfcl.clear_api_state(session)
