@@ -55,6 +55,10 @@ def test_transformers_batched_equals_one_by_one_and_has_one_bos():
     single = backend.generate(texts)
     assert [g.text for g in batched] == [g.text for g in single]
     assert all(g.completion_tokens <= 12 for g in batched)
+    # a checkpoint's generation_config never changes greedy decoding (the other backends ignore it too)
+    backend.model.generation_config.repetition_penalty = 3.0
+    backend.model.generation_config.no_repeat_ngram_size = 2
+    assert [g.text for g in backend.generate(texts)] == [g.text for g in single]
 
 
 def test_missing_hub_model_is_one_clear_error():

@@ -203,6 +203,8 @@ class TransformersBackend:
             output = self.model.generate(
                 **encoded, max_new_tokens=self.max_new_tokens, do_sample=False, eos_token_id=self.stop_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
+                # plain greedy, as on llama.cpp: a checkpoint's generation_config may ask for these (Qwen: 1.05)
+                repetition_penalty=1.0, no_repeat_ngram_size=0,
                 stopping_criteria=StoppingCriteriaList([stopper]) if stop_when_hopeless else None,
             )
         seconds = (time.perf_counter() - start) / len(prompts)
