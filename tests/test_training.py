@@ -361,6 +361,10 @@ def test_a_cycle_checks_its_training_block_before_it_answers(tiny_dir, tmp_path)
     with pytest.raises(TypeError, match="max_length"):
         training.self_improvement_cycle(str(tiny_dir), stage02, tmp_path / "cycle1", {"max_length": 1024},
                                         method="grpo", backend=backend)
+    # a dataset without train rows: the validation rows are never trained on instead
+    with pytest.raises(ValueError, match="no train rows"):
+        training.self_improvement_cycle(str(tiny_dir), DatasetDict({"validation": stage02["validation"]}),
+                                        tmp_path / "cycle1", {"max_steps": 1}, backend=backend)
     assert backend.calls == 0
 
 
@@ -633,3 +637,31 @@ def test_a_parent_checkpoint_in_the_run_is_recorded_by_its_path_there(tmp_path, 
     assert _in_run("outputs/quick/04_sft/sft-lora/final", Path("outputs/quick")) == "04_sft/sft-lora/final"
     assert _in_run(str(tmp_path / "elsewhere"), run) == str(tmp_path / "elsewhere")  # not this run's: as given
     assert _in_run("gemma-3-270m", run) == "gemma-3-270m"  # a registry name
+
+
+def test_a_model_evaluated_on_bfcls_own_prompt_is_refused_for_training():
+    """Rows are rendered as Gemma turns or a chat template with Python call answers: xLAM-2 (JSON answers in
+    bfcl's xLAM prompt) or Qwen3 (bfcl's Qwen prompt) would train on text their evaluation never shows."""
+    for name in ("xlam-2-1b-fc-r", "qwen3-1.7b", "qwen3-1.7b-fc"):
+        with pytest.raises(training.UntrainableFamilyError, match="would train on prompts"):
+            training.load_for_training(name)
+    training.check_trainable(resolve_model("gemma-3-270m"))
+    training.check_trainable(resolve_model("tinyllama-1.1b-chat"))  # generic: the chat template both ways
+
+
+def test_dpo_refuses_pairs_written_in_another_models_prompt_format(tmp_path):
+    from tinyllm_utils.training_stages import check_pairs_fit
+
+    (tmp_path / "03_pair_construction").mkdir()
+    card = tmp_path / "03_pair_construction" / "pairs_card.json"
+    stage = tmp_path / "05_dpo"
+    sft_checkpoint = ModelSpec("gemma-3-270m-sft-lora", "local", "gemma", base_model="gemma-3-270m")
+    card.write_text(json.dumps({"parameters": {"model": "gemma-3-270m"}}))
+    check_pairs_fit(stage, resolve_model("gemma-3-270m"))
+    check_pairs_fit(stage, sft_checkpoint)  # trained from it: the same Gemma turns
+    card.write_text(json.dumps({"parameters": {"model": "tinyllama-1.1b-chat"}}))
+    with pytest.raises(ValueError, match="set 03_pair_construction.model to 'gemma-3-270m'"):
+        check_pairs_fit(stage, sft_checkpoint)
+    tinyllama = resolve_model("tinyllama-1.1b-chat")
+    check_pairs_fit(stage, tinyllama)
+    check_pairs_fit(stage, ModelSpec("tl-sft", "local", "chat_template", base_model="tinyllama-1.1b-chat"))

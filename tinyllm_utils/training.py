@@ -65,6 +65,25 @@ STEP_CURVES = ("loss", "eval_loss", "learning_rate", "grad_norm", "rewards/margi
 # ---------------------------------------------------------------- models
 
 
+class UntrainableFamilyError(ValueError):
+    """A model whose evaluation prompt comes from bfcl's own handler: the trainers cannot render its rows."""
+
+
+def check_trainable(spec: ModelSpec) -> None:
+    """Training rows are rendered with the Gemma turns or the tokenizer's chat template and answered with Python
+    call lists (prompts.format_example). A family whose evaluation prompt bfcl's handler renders (Qwen's and
+    xLAM's, some answering in JSON or <tool_call> syntax) would be trained on text its evaluation never shows."""
+    from tinyllm_utils.model_families import family_of
+
+    family = family_of(spec)
+    if family.render == "handler":
+        raise UntrainableFamilyError(
+            f"model {spec.name!r} (family {family.key!r}) is evaluated on bfcl's {family.handler} prompt "
+            f"({family.mode} mode): the trainers render Gemma turns or the tokenizer's chat template with Python "
+            "call answers, so it would train on prompts it is never evaluated on; train a gemma or generic "
+            "(chat-template) model")
+
+
 def load_for_training(spec_or_name: ModelSpec | str, dtype=None):
     """(model, tokenizer) ready for the trainers. The embedded GGUF is de-quantized once to safetensors
     (backends._embedded_hf_copy): that fp32 copy IS the study's base model offline. Hub ids and local
@@ -75,6 +94,7 @@ def load_for_training(spec_or_name: ModelSpec | str, dtype=None):
     from tinyllm_utils.backends import _embedded_hf_copy
 
     spec = resolve_model(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
+    check_trainable(spec)
     dtype = dtype or torch.float32
     if spec.source == "embedded":
         source, extra = str(_embedded_hf_copy(spec)), {}
@@ -696,7 +716,9 @@ def self_improvement_cycle(model_path: str | Path, dataset, out_dir: str | Path,
     out_dir = Path(out_dir)
     spec = resolve_model(str(model_path))
     rows = pairs_lib.select_rows(dataset, limit, seed)
-    rows = [r for r in rows if r["split"] == "train"] or rows
+    rows = [r for r in rows if r["split"] == "train"]
+    if not rows:  # the validation rows measure the training: never train on them
+        raise ValueError("the stage-02 dataset has no train rows for the self-improvement cycle")
     kept, _ = pairs_lib.verify_chosen(rows)
     pair_config = pairs_lib.PairConfig(model=str(model_path), rejecter=str(generator or model_path),
                                        backend=backend if isinstance(backend, str) else "transformers",

@@ -255,9 +255,27 @@ def run_sft_stage(config: SFTStageConfig, stage_dir: str | Path) -> dict[str, di
 # ---------------------------------------------------------------- stage 05: DPO from the base
 
 
+def check_pairs_fit(stage_dir: Path, policy) -> None:
+    """Stage 03 wrote its pairs as text in the prompt format of its `model`: DPO on a policy prompted another
+    way would learn from prompts (and end markers) its evaluation never shows."""
+    card = json.loads((_run_root(stage_dir) / "03_pair_construction" / "pairs_card.json").read_text())
+    made_for = resolve_model(card["parameters"]["model"])
+
+    def template(spec):  # what decides the text: the Gemma turns, or the base model's own chat template
+        if spec.prompt_format == "gemma":
+            return "gemma"
+        base = resolve_model(spec.base_model) if spec.base_model else spec
+        return base.hf_id or base.path or base.name
+    if template(made_for) != template(policy):
+        raise ValueError(f"stage 03's pairs are written in {made_for.name!r}'s prompt format ({template(made_for)}); "
+                         f"the model trained here, {policy.name!r}, is prompted as {template(policy)}: set "
+                         f"03_pair_construction.model to {policy.base_model or policy.name!r}")
+
+
 def _train_dpo(start: str, pairs, block: dict, config, method_dir: Path, name: str):
     from tinyllm_utils import training
 
+    check_pairs_fit(method_dir.parent, resolve_model(start))  # before minutes of loading
     model, tokenizer = training.load_for_training(start)
     spec = model._tinyllm_spec
     dpo = training.dpo_config_from_dict(_tokens_seen(dict(block, seed=config.seed)))
