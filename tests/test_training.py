@@ -562,6 +562,14 @@ def test_every_profile_training_block_is_a_valid_trl_config(profile, tmp_path):
     assert len(checked) >= 4
 
 
+def test_the_report_counts_real_tokens_not_padding():
+    from tinyllm_utils.training_stages import _tokens_seen
+
+    config = training.sft_config_from_dict(_tokens_seen({"max_steps": 1}))
+    assert config.include_num_input_tokens_seen == "non_padding"
+    assert _tokens_seen({"include_num_input_tokens_seen": "no"})["include_num_input_tokens_seen"] == "no"
+
+
 def test_best_model_ranks_on_the_categories_that_expect_a_call():
     from tinyllm_utils.training_stages import MissingStageError, best_model
 

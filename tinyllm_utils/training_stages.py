@@ -223,8 +223,9 @@ def _lora(config, enabled: bool = True):
 
 
 def _tokens_seen(config: dict) -> dict:
-    # transformers counts the tokens each step consumed: tokens/s for the report
-    return {"include_num_input_tokens_seen": True, **config}
+    # transformers counts the tokens each step consumed, for the report's tokens/s: the real ones, not the
+    # padding of a batch (True, i.e. "all", counted those until 2026-12-02; GRPO counts its own, unpadded)
+    return {"include_num_input_tokens_seen": "non_padding", **config}
 
 
 # ---------------------------------------------------------------- stage 04: SFT
