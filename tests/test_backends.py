@@ -72,3 +72,15 @@ def test_missing_hub_model_is_one_clear_error():
     assert (unlisted.source, unlisted.prompt_format) == ("hub", "chat_template")
     with pytest.raises(ModelUnavailableError, match="not in the local Hugging Face cache"):
         TransformersBackend(unlisted)
+
+
+def test_a_gguf_without_a_spec_is_prompted_as_gemma_only_when_it_is_gemma(tmp_path, monkeypatch):
+    from tinyllm_utils import registry
+
+    embedded = resolve_model("gemma-3-270m").gguf_path()
+    copy = tmp_path / "my-gemma.gguf"
+    copy.symlink_to(embedded)
+    assert (resolve_model(str(copy)).prompt_format, registry.gguf_architecture(str(embedded))) == ("gemma", "gemma3")
+    monkeypatch.setattr(registry, "gguf_architecture", lambda path: "qwen2")
+    with pytest.raises(ModelUnavailableError, match="a 'qwen2' GGUF without a model_spec.json"):
+        resolve_model(str(copy))

@@ -116,6 +116,19 @@ def resolve_model(name_or_path: str, require_revision: bool = False) -> ModelSpe
     return spec
 
 
+@cache
+def gguf_architecture(path: str) -> str | None:
+    """`general.architecture` of a GGUF file, read by llama.cpp with the vocabulary only (about a second; gguf's
+    GGUFReader first turns a 262k-token vocabulary into Python objects)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=path, vocab_only=True, n_ctx=16, verbose=False)
+    try:
+        return llm.metadata.get("general.architecture")
+    finally:
+        llm.close()
+
+
 def _resolve(name_or_path: str) -> ModelSpec:
     registry = load_registry()
     if name_or_path in registry:
@@ -133,6 +146,11 @@ def _resolve(name_or_path: str) -> ModelSpec:
     if path.is_file() and path.suffix == ".gguf" and (path.parent / SPEC_FILE).exists():
         # an exported checkpoint: the spec beside the file carries its lineage (method, parent, base model)
         return replace(load_spec_file(path.parent), path=str(path.resolve()))
+    if path.is_file() and path.suffix == ".gguf" and gguf_architecture(str(path.resolve())) != "gemma3":
+        raise ModelUnavailableError(
+            f"{path}: a {gguf_architecture(str(path.resolve()))!r} GGUF without a {SPEC_FILE} beside it; only Gemma 3 "
+            f"GGUFs are prompted with the Gemma turns by default: write a {SPEC_FILE} (name, source: local, "
+            "prompt_format, family) next to it")
     if path.exists():
         prompt_format = "gemma" if path.suffix == ".gguf" else "chat_template"
         return ModelSpec(name=path.stem if path.is_file() else path.name, source="local",
