@@ -447,7 +447,8 @@ def trained_models(stage_dir: Path) -> dict[str, dict]:
 def best_model(trained: dict[str, dict]) -> str:
     """The exported model with the highest mean accuracy on the categories that expect a call; the mean over
     every category only breaks ties. (A model that never calls scores 100 % on irrelevance: ranked on the plain
-    mean, it would beat one that calls correctly now and then.)"""
+    mean, it would beat one that calls correctly now and then.) It is picked on stage 01's entries, the ones its
+    accuracy is then reported on: the best of several noisy figures reads high (no held-out selection set)."""
     ranked = [((m["call_accuracy"] or 0.0, m["accuracy"]), label) for label, m in trained.items()
               if m["accuracy"] is not None and m["gguf"]]
     if not ranked:
