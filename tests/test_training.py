@@ -300,6 +300,10 @@ def test_checker_reward_scores_only_what_the_checker_accepts(tmp_path):
     assert not marker.exists()
     conversational = [[{"role": "assistant", "content": "[add(a=2, b=3)]"}]]
     assert training.checker_reward([""], conversational, **{c: v[:1] for c, v in columns.items()}) == [1.0]
+    # a row the scorer cannot read fails every completion: a broken run, not a batch of wrong answers
+    broken = {**{c: v[:2] for c, v in columns.items()}, "functions": ["not json"] * 2}
+    with pytest.raises(RuntimeError, match="scoring failed on every completion"):
+        training.checker_reward([""] * 2, completions[:2], **broken)
 
 
 def test_grpo_runs_with_the_checker_reward(tiny, model, tmp_path):
