@@ -8,11 +8,12 @@ never a model. An evaluation is any folder, at any depth under a run, that holds
 `run.json`; its method, parent and quantization come from run.json's `model_spec` (missing: method "base").
 Only the entries an evaluation selected count (a folder reused with another limit keeps older predictions).
 
-Intervals: Wilson for a category (aggregate.wilson_interval); for a composite BFCL score, the categories'
-Wilson intervals combined by MOVER (composite_accuracy_interval; a bootstrap over entries gave a category answered
-all right or all wrong no spread, and a base model's v3 overall the interval 19.76 to 19.76 %). Comparisons of two evaluations use their shared entries only: McNemar's exact test
-(statsmodels) per category, a paired sign-flip permutation test (scipy) for composite scores, paired bootstrap
-intervals for every difference, and Holm's correction over all comparisons of one report.
+Intervals: Wilson for a category (aggregate.wilson_interval); for a composite BFCL score, the categories' Wilson
+intervals combined by MOVER (composite_accuracy_interval; a bootstrap over entries gave a category answered all
+right or all wrong no spread, and a base model's v3 overall the interval 19.76 to 19.76 %). Comparisons of two
+evaluations use their shared entries only: McNemar's exact test (statsmodels) per category, a paired sign-flip
+permutation test (scipy) for composite scores, paired bootstrap intervals for every difference, and Holm's
+correction over all comparisons of one report.
 """
 
 from __future__ import annotations

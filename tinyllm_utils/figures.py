@@ -173,10 +173,10 @@ def plot_category_heatmap(results: pd.DataFrame):
 
 
 def plot_method_ablation(results: pd.DataFrame):
-    """Top: Table IV scores per model/method with 95 % intervals (Wilson; composites: the categories' Wilson intervals combined).
-    Bottom: accuracy on each category that every model/method was evaluated on (trained models are evaluated on
-    a subset of stage 01's categories, so they have no composite scores), Wilson intervals. Quantized variants
-    (stage 08) have their own figure."""
+    """Top: Table IV scores per model/method with 95 % intervals (Wilson; a composite: its categories' Wilson
+    intervals combined). Bottom: accuracy on each category that every model/method was evaluated on (trained
+    models are evaluated on a subset of stage 01's categories, so they have no composite scores), Wilson
+    intervals. Quantized variants (stage 08) have their own figure."""
     long = table_iv_long(results)
     columns = [c for c in analysis.TABLE_IV if c in set(long["column"])]
     cats = results[(results["kind"] == "category") & ~results["stage"].astype(str).str.startswith("08")]
