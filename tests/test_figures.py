@@ -46,12 +46,19 @@ def test_figure_functions_draw_what_they_measure(tables):
     labels = {t.get_text() for t in ablation.axes[0].get_xticklabels()}
     assert "overall (v3 scoring)" in labels and "overall (v4 scoring)" not in labels  # never run: no bar, not 0
     assert "every method" in titles(ablation)  # the per-category panel: trained models have no composites
+    few = results[~results["category"].isin(["live_relevance"]) & (results["kind"] == "category")]
+    matplotlib.pyplot.close(ablation)
+    ablation = figures.plot_method_ablation(few)  # a run of a few categories: no Table IV panel, the categories'
+    assert len(ablation.axes) == 1 and "every method" in titles(ablation)
     multi = figures.plot_multi_turn_vs_params(results)
     assert "v3 and v4" in titles(multi) and "n = 8" in titles(multi)
     legend = " ".join(t.get_text() for t in multi.axes[0].get_legend().get_texts())
     assert "BFCL v3" in legend and "BFCL v4" in legend and "ours" in legend
     compute = figures.plot_accuracy_vs_compute(results)
     assert "2 trained" in titles(compute)
+    matplotlib.pyplot.close(compute)
+    compute = figures.plot_accuracy_vs_compute(few)  # no Table IV score: the call categories' mean instead
+    assert "mean of 14 call categories" in titles(compute) and "2 trained" in titles(compute)
     kinds = figures.plot_error_kinds(entries)
     assert f"({len(entries)} entries)" in titles(kinds)
     curves = figures.plot_training_curves(tables["curves"])

@@ -19,7 +19,7 @@ import pandas as pd
 import seaborn as sns
 
 from tinyllm_utils import analysis
-from tinyllm_utils.data import ALL_CATEGORIES
+from tinyllm_utils.data import ALL_CATEGORIES, expects_call
 from tinyllm_utils.results import write_text_atomic
 from tinyllm_utils.scoring import FAILURE_MODES
 
@@ -185,12 +185,15 @@ def plot_method_ablation(results: pd.DataFrame):
     shared = [c for c in ALL_CATEGORIES if per_label and all(c in s for s in per_label)]
     cat_long = cats[cats["category"].isin(shared)].rename(columns={"category": "column", "accuracy": "value"})
     palette = dict(zip(labels, sns.color_palette("tab10", len(labels))))
-    fig, axes = plt.subplots(2, 1, figsize=(min(14, max(8, 0.3 * max(len(columns), len(shared)) * len(labels) + 5)), 8))
-    panels = [(axes[0], long, columns, [analysis.TABLE_IV_LABELS[c] for c in columns],
+    panels = [(long, columns, [analysis.TABLE_IV_LABELS[c] for c in columns],
                f"Table IV columns on BFCL v4 data ({_n_span(long['n'])} entries per score)"),
-              (axes[1], cat_long, shared, shared,
+              (cat_long, shared, shared,
                f"Categories every method was evaluated on ({_n_span(cat_long['n'])} entries each)")]
-    for ax, data, cols, ticks, subtitle in panels:
+    panels = [panel for panel in panels[:1] if panel[1]] + panels[1:]  # a few categories: no Table IV score
+    width_of = min(14, max(8, 0.3 * max(len(columns), len(shared)) * len(labels) + 5))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width_of, 4 * len(panels)), squeeze=False)
+    axes = axes[:, 0]
+    for ax, (data, cols, ticks, subtitle) in zip(axes, panels):
         present = [label for label in labels if label in set(data["label"])]
         width = 0.8 / max(len(present), 1)
         for i, label in enumerate(present):
@@ -259,12 +262,37 @@ def _score_for(long: pd.DataFrame, labels) -> str | None:
     return None
 
 
+def _call_category_mean(results: pd.DataFrame, labels) -> tuple[str, pd.DataFrame]:
+    """(name, rows of label / value / ci_low / ci_high / n): the mean accuracy over the categories that expect a
+    call and every given evaluation ran, with its categories' Wilson intervals combined (a run of a few
+    categories has no Table IV score)."""
+    cats = results[(results["kind"] == "category") & results["label"].isin(set(labels))]
+    shared = [c for c in ALL_CATEGORIES if expects_call(c)
+              and set(labels) <= set(cats.loc[cats["category"] == c, "label"])]
+    rows = []
+    for label, group in cats[cats["category"].isin(shared)].groupby("label"):
+        samples = {r.category: np.r_[np.ones(int(r.correct)), np.zeros(int(r.n - r.correct))]
+                   for r in group.itertuples()}
+        weights = {c: 1 / len(shared) for c in shared}
+        low, high = analysis.composite_accuracy_interval(samples, weights)
+        value = sum(w * samples[c].mean() for c, w in weights.items())
+        rows.append({"label": label, "value": 100 * value, "ci_low": 100 * low, "ci_high": 100 * high,
+                     "n": int(group["n"].sum())})
+    name = f"call-category mean ({len(shared)}: {', '.join(shared)})" if len(shared) < 5 else \
+        f"mean of {len(shared)} call categories"
+    return name, pd.DataFrame(rows, columns=["label", "value", "ci_low", "ci_high", "n"])
+
+
 def plot_accuracy_vs_compute(results: pd.DataFrame):
-    """Accuracy vs training wall time (training.json, summed over the parent stages) per trained model/method."""
+    """Accuracy vs training wall time (training.json, summed over the parent stages) per trained model/method:
+    a Table IV score every trained model has, else the mean over the call categories they all ran."""
     trained = results.drop_duplicates("label").dropna(subset=["training_seconds_total"])
     long = table_iv_long(results)
     column = _score_for(long, trained["label"])
-    data = long[long["column"] == column].merge(trained[["label", "training_seconds_total"]], on="label")
+    scores = long[long["column"] == column]
+    if column is None:
+        column, scores = _call_category_mean(results, trained["label"])
+    data = scores.merge(trained[["label", "training_seconds_total"]], on="label")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.errorbar(data["training_seconds_total"] / 60, data["value"],
                 yerr=[data["value"] - data["ci_low"], data["ci_high"] - data["value"]], fmt="o", capsize=3)
@@ -272,10 +300,11 @@ def plot_accuracy_vs_compute(results: pd.DataFrame):
         ax.annotate(row["label"], (row["training_seconds_total"] / 60, row["value"]), fontsize=7, xytext=(5, 4),
                     textcoords="offset points")
     ax.set_xlabel("training wall time, including parent stages (minutes)")
-    ax.set_ylabel(f"{analysis.TABLE_IV_LABELS.get(column, column)} (%)")
+    label = analysis.TABLE_IV_LABELS.get(column, column)
+    ax.set_ylabel(f"{label.split(' (')[0]} (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{analysis.TABLE_IV_LABELS.get(column, column)} vs training compute, {len(data)} trained "
-                 f"models; {_n_span(data['n'])} entries (95 % interval)", fontsize=9)
+    ax.set_title(f"{label} vs training compute,\n{len(data)} trained models; {_n_span(data['n'])} entries "
+                 "(95 % interval)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -352,8 +381,7 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, n_resamples: int = 20
         part.startswith(".") for part in p.relative_to(run_dir).parts)] if run_dir.is_dir() else []
     plan = [
         ("category_heatmap", has_eval, lambda: plot_category_heatmap(results), "no evaluation under the run"),
-        ("method_ablation", has_eval and not table_iv_long(results).empty, lambda: plot_method_ablation(results),
-         "no evaluation with a Table IV score"),
+        ("method_ablation", has_eval, lambda: plot_method_ablation(results), "no evaluation under the run"),
         ("multi_turn_vs_params", True, lambda: plot_multi_turn_vs_params(results), ""),
         ("accuracy_vs_training_compute", trained, lambda: plot_accuracy_vs_compute(results),
          "no training stage wrote training.json (seconds) beside an evaluated checkpoint"),
