@@ -324,13 +324,19 @@ def test_hostile_names_and_values_stay_data():
     assert executed == ["cd(folder=\"__import__('os').system('touch CANARY')\")"]  # a string literal, nothing else
 
 
-def test_wrong_shape_counts_as_a_call_but_never_scores():
+def test_a_wrong_shape_never_scores_and_counts_as_a_call_only_where_bfcl_finds_one():
     with pytest.raises(model_families.CallShapeError):
         parse("xlam-2-1b-fc-r", '[{"name": "cd", "arguments": "rm -rf /"}]')
     irrelevance = load_category("irrelevance", 1)[0]
     parser = model_families.parser_for(resolve_model("xlam-2-1b-fc-r"))
-    # bfcl decodes this shape successfully, so irrelevance counts it as a call, as here.
-    assert not score_example(irrelevance, '[{"name": "cd", "arguments": "x"}]', parser)["valid"]
+    # bfcl decodes [{"cd": "x"}], and its relevance runner's is_empty_output calls that no call (not
+    # {name: {args}}): right for irrelevance, as there
+    assert score_example(irrelevance, '[{"name": "cd", "arguments": "x"}]', parser)["valid"]
+    # a numeric name keeps bfcl's {name: {args}} shape: a call for bfcl, so wrong for irrelevance here too
+    with pytest.raises(model_families.CallShapeError) as refused:
+        parse("xlam-2-1b-fc-r", '[{"name": 7, "arguments": {}}]')
+    assert refused.value.bfcl_decodes
+    assert not score_example(irrelevance, '[{"name": 7, "arguments": {}}]', parser)["valid"]
 
 
 # --- scoring through the family's parser ------------------------------------------------------------------

@@ -15,12 +15,15 @@ Everything else (nested calls, attribute access, arithmetic, lambdas, comprehens
 `UnsafeOutputError`: never evaluated, wrong for the AST categories. For (ir)relevance it counts as a call when
 bfcl's own decoder would have read one (`bfcl_decodes`, from the syntax tree alone: nested calls, subscripts and
 arithmetic yes; attributes, lambdas, sets, comprehensions, f-strings, comparisons no, as its resolver raises).
+Arithmetic bfcl `eval`s: one that names nothing bfcl's module knows fails there (NameError), other failures
+(`1/0`) cannot be seen without running it and count as a call.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import io
 import keyword
 import tokenize
@@ -121,7 +124,10 @@ def decode_python(text: str) -> list[dict]:
     try:
         return _calls(tree.body)
     except UnsafeOutputError as exc:
-        exc.bfcl_decodes = _bfcl_reads_calls(tree.body)
+        try:
+            exc.bfcl_decodes = _bfcl_reads_calls(tree.body)
+        except RecursionError:  # nesting deeper than the interpreter allows: bfcl's recursion fails too
+            exc.bfcl_decodes = False
         raise
     except DecodeError:
         raise
@@ -164,13 +170,31 @@ def _bfcl_resolves(node: ast.AST) -> bool:
         return isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float, complex))
     if isinstance(node, (ast.List, ast.Tuple)):
         return all(_bfcl_resolves(e) for e in node.elts)
-    if isinstance(node, ast.Dict):
-        return all(k is not None and _bfcl_resolves(k) for k in node.keys) and all(map(_bfcl_resolves, node.values))
+    if isinstance(node, ast.Dict):  # bfcl builds the dict: a key must resolve to something hashable
+        return all(k is not None and _bfcl_resolves(k) and _bfcl_hashable(k) for k in node.keys) \
+            and all(map(_bfcl_resolves, node.values))
     if isinstance(node, ast.Call):  # without keywords bfcl keeps the call's text, with them it resolves them
         return not node.keywords or _bfcl_reads_call(node)
-    if isinstance(node, ast.BinOp):  # bfcl eval()s it: a name that is no builtin raises NameError there
-        return all(n.id in vars(builtins) for n in ast.walk(node) if isinstance(n, ast.Name))
+    if isinstance(node, ast.BinOp):  # bfcl eval()s it in its module: an unknown name raises NameError there
+        return all(n.id in _bfcl_eval_names() for n in ast.walk(node) if isinstance(n, ast.Name))
     return False  # Attribute, Lambda, Set, comprehensions, f-strings, comparisons, ...: "Unsupported AST type"
+
+
+def _bfcl_hashable(key: ast.AST) -> bool:
+    """Whether the value bfcl resolves a dict key to can be a key: not a list, dict or keyword call (a dict)."""
+    if isinstance(key, ast.Tuple):
+        return all(map(_bfcl_hashable, key.elts))
+    if isinstance(key, ast.BinOp):  # a list or dict in the arithmetic gives a list or dict (`[1] + [2]`)
+        return not any(isinstance(n, (ast.List, ast.Dict)) for n in ast.walk(key))
+    return not (isinstance(key, (ast.List, ast.Dict)) or (isinstance(key, ast.Call) and key.keywords))
+
+
+@functools.cache
+def _bfcl_eval_names() -> frozenset[str]:
+    """The names bfcl's `eval` of an argument sees: its decoder module's globals and the builtins (read, not run)."""
+    from bfcl_eval.model_handler import utils as bfcl_utils
+
+    return frozenset(vars(bfcl_utils)) | frozenset(vars(builtins))
 
 
 def decode_ast(text: str, language: str = "python") -> list[dict]:

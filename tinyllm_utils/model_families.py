@@ -142,21 +142,27 @@ def render_entry(entry: dict, spec, tokenizer=None) -> str:
 # --- parsers ----------------------------------------------------------------------------------------------
 
 class CallShapeError(UnsafeOutputError):
-    """Decoded, but not `[{name: {arg: value}}]`: counted as a call for relevance (as bfcl's decode succeeded),
-    wrong for AST categories, never executed."""
+    """Decoded, but not `[{name: {arg: value}}]`: wrong for AST categories, never executed; for relevance a call
+    where bfcl's `is_empty_output` finds one in what its decoder returned (`bfcl_decodes`)."""
 
     error_type = WRONG_OUTPUT_FORMAT
+
+    def __init__(self, message: str, calls):
+        from tinyllm_utils import bfcl
+
+        super().__init__(message)
+        self.bfcl_decodes = not bfcl.is_empty_output(calls)
 
 
 def _checked(calls) -> list[dict]:
     if not isinstance(calls, list):
-        raise CallShapeError(f"decoded output is a {type(calls).__name__}, not a list of calls")
+        raise CallShapeError(f"decoded output is a {type(calls).__name__}, not a list of calls", calls)
     for call in calls:
         if not (isinstance(call, dict) and len(call) == 1):
-            raise CallShapeError(f"decoded call is not a one-key dict: {call!r:.200}")
+            raise CallShapeError(f"decoded call is not a one-key dict: {call!r:.200}", calls)
         (name, args), = call.items()
         if not isinstance(name, str) or not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
-            raise CallShapeError(f"decoded call is not {{name: {{arg: value}}}}: {call!r:.200}")
+            raise CallShapeError(f"decoded call is not {{name: {{arg: value}}}}: {call!r:.200}", calls)
     return calls
 
 
