@@ -254,6 +254,12 @@ def test_training_seconds_are_unknown_not_partial_when_a_trained_parent_has_no_e
     evals = analysis.collect(root, n_resamples=50).drop_duplicates("key").set_index("model")
     dpo = evals.loc["gemma-3-270m-sft-dpo"]
     assert dpo["training_seconds"] == 900.0 and pd.isna(dpo["training_seconds_total"])  # not 900 alone
+    # evaluated, but its training.json lost: unknown too
+    sft_eval_back = root / "quick" / "04_sft" / "sft-lora" / ".eval-gone"
+    sft_eval_back.rename(sft_eval)
+    (root / "quick" / "04_sft" / "sft-lora" / "training.json").unlink()
+    evals = analysis.collect(root, n_resamples=50).drop_duplicates("key").set_index("model")
+    assert pd.isna(evals.loc["gemma-3-270m-sft-dpo", "training_seconds_total"])
 
 
 def test_training_json_is_looked_for_in_the_stage_only(tmp_path):

@@ -451,7 +451,8 @@ def _parent_of(ev: Evaluation, evaluations: list[Evaluation]) -> Evaluation | No
 def cumulative_training_seconds(evaluations: list[Evaluation]) -> dict[str, float | None]:
     """Training seconds including every parent stage (SFT -> DPO costs both), following run.json's parent;
     None where the model itself has no training.json, or where a parent trained in the run (`04_sft/...`) has no
-    evaluation to read its seconds from (moved to .stale, failed): a partial sum would make it look cheap."""
+    evaluation or no training.json to read its seconds from (moved to .stale, failed): a partial sum would make it
+    look cheap."""
     totals = {}
     for ev in evaluations:
         total, seen, current = None, set(), ev
@@ -459,6 +460,9 @@ def cumulative_training_seconds(evaluations: list[Evaluation]) -> dict[str, floa
             seen.add(current.key)
             if current.training_seconds is not None:
                 total = (total or 0.0) + current.training_seconds
+            elif current is not ev and current.parent:  # a trained ancestor whose seconds were not recorded
+                total = None
+                break
             parent = _parent_of(current, evaluations)
             if parent is None and current.parent and STAGE_PATTERN.match(current.parent):
                 total = None

@@ -179,8 +179,8 @@ def rescore(out_dir: str | Path) -> dict:
         rows = [row for row in read_jsonl(path) if ids is None or row["id"] in ids]
         examples = {e.id: e for e in load_category(path.stem)}
         for row in rows:
-            if (row.get("error_type") or "").startswith(("inference:", "multi_turn:force_terminated")):
-                continue  # no answer was generated; nothing to score
+            if (row.get("error_type") or "").startswith("inference:"):
+                continue  # no answer was generated; nothing to score (a force-quit's turns are scored)
             fresh = score_example(examples[row["id"]], row["raw"], parser)
             if fresh["valid"] != row["valid"] or fresh["error_type"] != row["error_type"]:
                 changed.append(row["id"])
