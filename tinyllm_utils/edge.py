@@ -190,14 +190,14 @@ def _spread(values: list[float]) -> dict:
             "max": round(max(values), 4), "runs": len(values)}
 
 
-def _profile_gguf_in_process(gguf: str, prompts: dict[str, str], threads: int, runs: int, decode_tokens: int,
-                             max_new_tokens: int, n_ctx: int, prefix_prompts: list[str]) -> dict:
+def _profile_gguf_in_process(spec_fields: dict, prompts: dict[str, str], threads: int, runs: int,
+                             decode_tokens: int, max_new_tokens: int, n_ctx: int, prefix_prompts: list[str]) -> dict:
     from tinyllm_utils.backends import LlamaCppBackend
-    from tinyllm_utils.registry import resolve_model
+    from tinyllm_utils.registry import ModelSpec
 
     import llama_cpp
 
-    spec = resolve_model(gguf)
+    spec = ModelSpec(**spec_fields)  # resolved by the parent: resolving a bare .gguf here would load its vocabulary
     baseline_rss = current_rss_mb()  # the interpreter and imports, before any model: subtract to compare
     rows: dict[str, dict[str, list]] = {k: {} for k in prompts}
     load, backend = [], None
@@ -333,7 +333,10 @@ def profile_variant(gguf: str | Path, prompts: dict[str, str] | None = None, thr
     gguf = Path(gguf)
     prompts = prompts if prompts is not None else representative_prompts()
     prefix_prompts = prefix_prompts if prefix_prompts is not None else shared_prefix_prompts()
-    job = {"kind": "gguf", "gguf": str(gguf), "prompts": prompts, "threads": threads, "runs": runs,
+    from tinyllm_utils.registry import resolve_model
+
+    job = {"kind": "gguf", "gguf": str(gguf), "spec": asdict(resolve_model(str(gguf))), "prompts": prompts,
+           "threads": threads, "runs": runs,
            "decode_tokens": decode_tokens, "max_new_tokens": max_new_tokens, "n_ctx": n_ctx,
            "prefix_prompts": prefix_prompts}
     result = _run_profile_subprocess(job, timeout_s)
@@ -651,7 +654,7 @@ def write_edge_outputs(table: pd.DataFrame, out_dir: str | Path, threads: int = 
 
 def _profile_job(job: dict) -> dict:
     if job["kind"] == "gguf":
-        return _profile_gguf_in_process(job["gguf"], job["prompts"], job["threads"], job["runs"],
+        return _profile_gguf_in_process(job["spec"], job["prompts"], job["threads"], job["runs"],
                                         job["decode_tokens"], job["max_new_tokens"], job["n_ctx"],
                                         job["prefix_prompts"])
     return _profile_transformers_in_process(job["source"], job["dtype"], job["prompts"], job["threads"],
