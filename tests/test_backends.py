@@ -58,6 +58,7 @@ def test_transformers_batched_equals_one_by_one_and_has_one_bos():
     # a checkpoint's generation_config never changes greedy decoding (the other backends ignore it too)
     backend.model.generation_config.repetition_penalty = 3.0
     backend.model.generation_config.no_repeat_ngram_size = 2
+    backend.model.generation_config.min_new_tokens = 12  # would hold off the end of turn
     assert [g.text for g in backend.generate(texts)] == [g.text for g in single]
 
 

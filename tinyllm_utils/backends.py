@@ -122,6 +122,12 @@ def _embedded_hf_copy(spec: ModelSpec) -> Path:
     return target
 
 
+# Plain greedy decoding, as llama.cpp and the server backends run it: a checkpoint's generation_config may ask
+# for more (Qwen: repetition_penalty 1.05); generate()'s own arguments override it.
+PLAIN_GREEDY = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": None,
+                "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None}
+
+
 class TransformersBackend:
     name = "transformers"
 
@@ -202,9 +208,7 @@ class TransformersBackend:
         with torch.inference_mode():
             output = self.model.generate(
                 **encoded, max_new_tokens=self.max_new_tokens, do_sample=False, eos_token_id=self.stop_ids,
-                pad_token_id=self.tokenizer.pad_token_id,
-                # plain greedy, as on llama.cpp: a checkpoint's generation_config may ask for these (Qwen: 1.05)
-                repetition_penalty=1.0, no_repeat_ngram_size=0,
+                pad_token_id=self.tokenizer.pad_token_id, **PLAIN_GREEDY,
                 stopping_criteria=StoppingCriteriaList([stopper]) if stop_when_hopeless else None,
             )
         seconds = (time.perf_counter() - start) / len(prompts)
