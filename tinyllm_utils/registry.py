@@ -116,13 +116,22 @@ def resolve_model(name_or_path: str, require_revision: bool = False) -> ModelSpe
     return spec
 
 
-@cache
 def gguf_architecture(path: str) -> str | None:
     """`general.architecture` of a GGUF file, read by llama.cpp with the vocabulary only (about a second; gguf's
-    GGUFReader first turns a 262k-token vocabulary into Python objects)."""
+    GGUFReader first turns a 262k-token vocabulary into Python objects); None when llama.cpp cannot read it (the
+    backend then says why when it loads the file)."""
+    stat = os.stat(path)
+    return _gguf_architecture(path, stat.st_mtime_ns, stat.st_size)
+
+
+@cache
+def _gguf_architecture(path: str, mtime_ns: int, size: int) -> str | None:  # keyed by the file's version too
     from llama_cpp import Llama
 
-    llm = Llama(model_path=path, vocab_only=True, n_ctx=16, verbose=False)
+    try:
+        llm = Llama(model_path=path, vocab_only=True, n_ctx=16, verbose=False)
+    except ValueError:
+        return None
     try:
         return llm.metadata.get("general.architecture")
     finally:
@@ -146,7 +155,7 @@ def _resolve(name_or_path: str) -> ModelSpec:
     if path.is_file() and path.suffix == ".gguf" and (path.parent / SPEC_FILE).exists():
         # an exported checkpoint: the spec beside the file carries its lineage (method, parent, base model)
         return replace(load_spec_file(path.parent), path=str(path.resolve()))
-    if path.is_file() and path.suffix == ".gguf" and gguf_architecture(str(path.resolve())) != "gemma3":
+    if path.is_file() and path.suffix == ".gguf" and gguf_architecture(str(path.resolve())) not in ("gemma3", None):
         raise ModelUnavailableError(
             f"{path}: a {gguf_architecture(str(path.resolve()))!r} GGUF without a {SPEC_FILE} beside it; only Gemma 3 "
             f"GGUFs are prompted with the Gemma turns by default: write a {SPEC_FILE} (name, source: local, "
