@@ -175,7 +175,7 @@ def _bfcl_resolves(node: ast.AST) -> bool:
             and all(map(_bfcl_resolves, node.values))
     if isinstance(node, ast.Call):  # without keywords bfcl keeps the call's text, with them it resolves them
         return not node.keywords or _bfcl_reads_call(node)
-    if isinstance(node, ast.BinOp):  # bfcl eval()s it in its module: an unknown name raises NameError there
+    if isinstance(node, ast.BinOp):  # bfcl evaluates it in its module: an unknown name raises NameError there
         return all(n.id in _bfcl_eval_names() for n in ast.walk(node) if isinstance(n, ast.Name))
     return False  # Attribute, Lambda, Set, comprehensions, f-strings, comparisons, ...: "Unsupported AST type"
 
