@@ -53,17 +53,10 @@ CHECK_PROMPT = "<start_of_turn>user\nWhat is 2 + 2?<end_of_turn>\n<start_of_turn
 # ----------------------------------------------------------------------------------------------- quantization
 
 def gguf_file_type(path: str | Path) -> str:
-    """The quantization a GGUF file declares (`general.file_type`), e.g. 'Q4_K_M'.
+    """The quantization a GGUF file declares (`general.file_type`), e.g. 'Q4_K_M' (registry.gguf_metadata)."""
+    from tinyllm_utils.registry import gguf_metadata
 
-    Read by llama.cpp with the vocabulary only (~1 s): gguf's GGUFReader turns the 262k-token vocabulary into
-    Python objects first (~25 s per file on 2 busy cores)."""
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(path), vocab_only=True, n_ctx=16, verbose=False)
-    try:
-        value = llm.metadata.get("general.file_type")
-    finally:
-        llm.close()
+    value = (gguf_metadata(str(path)) or {}).get("general.file_type")
     if value is None:
         return "unknown"
     return FILE_TYPE_NAMES.get(int(value), str(value))

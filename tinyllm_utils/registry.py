@@ -116,16 +116,16 @@ def resolve_model(name_or_path: str, require_revision: bool = False) -> ModelSpe
     return spec
 
 
-def gguf_architecture(path: str) -> str | None:
-    """`general.architecture` of a GGUF file, read by llama.cpp with the vocabulary only (about a second; gguf's
-    GGUFReader first turns a 262k-token vocabulary into Python objects); None when llama.cpp cannot read it (the
-    backend then says why when it loads the file)."""
+def gguf_metadata(path: str) -> dict | None:
+    """A GGUF file's metadata, read by llama.cpp with the vocabulary only (about a second; gguf's GGUFReader first
+    turns a 262k-token vocabulary into Python objects); None when llama.cpp cannot read it (the backend then says
+    why when it loads the file). Cached per file version, not per path: a retrained model may replace the file."""
     stat = os.stat(path)
-    return _gguf_architecture(path, stat.st_mtime_ns, stat.st_size)
+    return _gguf_metadata(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 @cache
-def _gguf_architecture(path: str, mtime_ns: int, size: int) -> str | None:  # keyed by the file's version too
+def _gguf_metadata(path: str, mtime_ns: int, size: int) -> dict | None:
     from llama_cpp import Llama
 
     try:
@@ -133,9 +133,14 @@ def _gguf_architecture(path: str, mtime_ns: int, size: int) -> str | None:  # ke
     except ValueError:
         return None
     try:
-        return llm.metadata.get("general.architecture")
+        return dict(llm.metadata)
     finally:
         llm.close()
+
+
+def gguf_architecture(path: str) -> str | None:
+    """`general.architecture` of a GGUF file (gguf_metadata), or None when it cannot be read."""
+    return (gguf_metadata(path) or {}).get("general.architecture")
 
 
 def _resolve(name_or_path: str) -> ModelSpec:
