@@ -40,6 +40,7 @@ backend = "llama_cpp"  # or "transformers"
 max_new_tokens = 256
 batch_size = 8  # prompts per batch on the transformers backend
 stop_when_hopeless = True  # Python categories: stop once the text can no longer become a call list
+grammar = False  # Python single-turn categories (llama_cpp): only a call list of offered functions, or prose
 models = ["gemma-3-270m"]
 require_revision = False  # the paper profile: hub models only at a pinned commit
 stage_dir = "outputs/smoke/01_baseline_evaluation"

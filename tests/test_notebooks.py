@@ -146,7 +146,8 @@ def test_every_trained_model_is_evaluated_like_the_baseline(reference):
             assert (training["generation_seconds"] is not None) == spec["method"].startswith("cycle")
             (eval_dir,) = [p.parent for p in (method_dir / "eval").glob("*/metrics.json")]
             run = json.loads((eval_dir / "run.json").read_text())
-            for key in ("seed", "backend", "max_new_tokens", "limit", "multi_turn_limit", "stop_when_hopeless"):
+            for key in ("seed", "backend", "max_new_tokens", "limit", "multi_turn_limit", "stop_when_hopeless",
+                        "grammar"):
                 assert run["parameters"][key] == baseline[key], (method_dir, key)
             assert run["parameters"]["model"].endswith("-F16.gguf")
             selected = json.loads((eval_dir / "metrics.json").read_text())["selected_ids"]

@@ -8,7 +8,9 @@ stop at end of turn), so their predictions are comparable.
 `generate(prompts)` takes text without BOS (see prompts.format_prompt) and returns one `Generation` each.
 With `stop_when_hopeless=True` a generation also stops as soon as its text can no longer decode as a Python
 call list (decoding.cannot_become_calls): the score is then already decided, and a base model that would
-otherwise write prose up to the token cap costs a few tokens instead of hundreds.
+otherwise write prose up to the token cap costs a few tokens instead of hundreds. With `grammars` (one GBNF
+text or None per prompt, tinyllm_utils.grammar) llama.cpp samples only text the grammar allows; the other
+backends refuse them.
 """
 
 from __future__ import annotations
@@ -67,11 +69,13 @@ class LlamaCppBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=True, special=True)
 
-    def generate(self, prompts: list[str], stop_when_hopeless: bool = False) -> list[Generation]:
-        return [self._generate_one(p, stop_when_hopeless) for p in prompts]
+    def generate(self, prompts: list[str], stop_when_hopeless: bool = False,
+                 grammars: list[str | None] | None = None) -> list[Generation]:
+        grammars = grammars or [None] * len(prompts)
+        return [self._generate_one(p, stop_when_hopeless, g) for p, g in zip(prompts, grammars, strict=True)]
 
-    def _generate_one(self, prompt: str, stop_when_hopeless: bool) -> Generation:
-        from llama_cpp import StoppingCriteriaList
+    def _generate_one(self, prompt: str, stop_when_hopeless: bool, grammar: str | None = None) -> Generation:
+        from llama_cpp import LlamaGrammar, StoppingCriteriaList
 
         tokens = self.tokenize(prompt)
         if len(tokens) + self.max_new_tokens > self.n_ctx:
@@ -89,6 +93,7 @@ class LlamaCppBackend:
             prompt=tokens, max_tokens=self.max_new_tokens, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0,
             repeat_penalty=1.0, stop=[END_OF_TURN], seed=self.seed,
             stopping_criteria=StoppingCriteriaList([stop_if_hopeless]) if stop_when_hopeless else None,
+            grammar=LlamaGrammar.from_string(grammar, verbose=False) if grammar else None,
         )
         usage = out["usage"]
         return Generation(out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"],
@@ -99,6 +104,11 @@ class LlamaCppBackend:
 
         return {"backend": self.name, "llama_cpp_python": llama_cpp.__version__, "model_file": str(self.model_path),
                 "n_ctx": self.n_ctx, "n_threads": self.llm.n_threads, "max_new_tokens": self.max_new_tokens}
+
+
+def refuse_grammars(backend: str, grammars) -> None:
+    if grammars and any(grammars):
+        raise ValueError(f"grammar-constrained decoding runs on the llama_cpp backend only, not {backend}")
 
 
 def _embedded_hf_copy(spec: ModelSpec) -> Path:
@@ -168,7 +178,9 @@ class TransformersBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True).input_ids
 
-    def generate(self, prompts: list[str], stop_when_hopeless: bool = False) -> list[Generation]:
+    def generate(self, prompts: list[str], stop_when_hopeless: bool = False,
+                 grammars: list[str | None] | None = None) -> list[Generation]:
+        refuse_grammars(self.name, grammars)
         results: list[Generation | None] = [None] * len(prompts)
         # Batch prompts of similar length together so left padding wastes little compute.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -559,6 +559,8 @@ class EdgeConfig:
     multi_turn_limit: int | None = 0
     seed: int = 0
     max_new_tokens: int = 256
+    stop_when_hopeless: bool = True  # these two: stage 01's decoding (evaluate.EvalConfig)
+    grammar: bool = False
     threads: list[int] = field(default_factory=lambda: [1, 2])
     threads_for: dict[str, list[int]] = field(default_factory=dict)  # per quantization, replaces `threads`
     runs: int = 3
@@ -598,7 +600,8 @@ def run_edge_stage(config: EdgeConfig, out_dir: str | Path, progress: bool = Tru
             eval_dir = method_dir / "eval" / quant
             evaluate(EvalConfig(model=str(path), categories=config.categories, limit=config.limit,
                                 multi_turn_limit=config.multi_turn_limit, seed=config.seed,
-                                max_new_tokens=config.max_new_tokens), eval_dir, progress=progress)
+                                max_new_tokens=config.max_new_tokens, stop_when_hopeless=config.stop_when_hopeless,
+                                grammar=config.grammar), eval_dir, progress=progress)
             thread_counts = config.threads_for.get(quant, config.threads)
             if not thread_counts:  # accuracy only (still the reference for retention)
                 records.append({"method": method, "quantization": quant, "eval_dir": eval_dir})

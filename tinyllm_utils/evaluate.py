@@ -20,6 +20,7 @@ from tinyllm_utils import aggregate, model_families
 from tinyllm_utils.backends import make_backend
 from tinyllm_utils.bfcl import BFCL_EVAL_VERSION
 from tinyllm_utils.data import expand_categories, is_multi_turn, language_of, load_category
+from tinyllm_utils.grammar import call_list_grammar
 from tinyllm_utils.multi_turn import run_multi_turn
 from tinyllm_utils.prompts import entry_prompt
 from tinyllm_utils.registry import ModelUnavailableError, resolve_model, weights_fingerprint
@@ -48,12 +49,17 @@ class EvalConfig:
     batch_size: int = field(default=8, metadata={"help": "prompts per batch (transformers backend)"})
     stop_when_hopeless: bool = field(default=True, metadata={
         "help": "Python categories: stop once the text can no longer decode as a call list (README)"})
+    grammar: bool = field(default=False, metadata={
+        "help": "Python single-turn categories, llama_cpp: sample only a call list of the offered functions "
+                "(required parameters, declared types) or prose (tinyllm_utils.grammar, README)"})
 
     def prediction_keys(self) -> dict:
         """Parameters that change the predictions: a resumed run must match them."""
         keys = asdict(self)
         for name in ("categories", "limit", "multi_turn_limit", "models"):
             keys.pop(name, None)  # which entries are scored, not how each is predicted
+        if not keys["grammar"]:
+            del keys["grammar"]  # off, it changes nothing: evaluations made before the option still resume
         keys["bfcl_eval"] = BFCL_EVAL_VERSION
         return keys
 
@@ -108,6 +114,9 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
     categories = expand_categories(config.categories)
     spec = resolve_model(config.model)
     parser = model_families.parser_for(spec)  # the family's: Python calls, xLAM JSON or Qwen <tool_call>
+    if config.grammar and config.backend != "llama_cpp":
+        raise ValueError(f"grammar=True needs the llama_cpp backend (got {config.backend!r}): "
+                         "llama.cpp's sampler is what enforces the grammar")
     work = _check_resumable(out_dir, config, spec)
     run = manifest(asdict(config) | {"categories": categories}, prediction_keys=config.prediction_keys(),
                    model_spec=asdict(spec), bfcl_eval=BFCL_EVAL_VERSION, parser=model_families.parser_name(spec),
@@ -140,12 +149,16 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
                 writer.append(_row(example, raw, result, parser))
                 bar.update()
         else:
-            hopeless_stop = (config.stop_when_hopeless and language_of(category) == "python"
-                             and model_families.early_stop_applies(spec))
+            # Both read the raw text as a Python call list: only where the family answers with one.
+            python_answers = language_of(category) == "python" and model_families.early_stop_applies(spec)
+            hopeless_stop = config.stop_when_hopeless and python_answers
             for start in range(0, len(todo), config.batch_size):
                 chunk = todo[start:start + config.batch_size]
                 prompts = [entry_prompt(e.entry, spec, backend.tokenizer) for e in chunk]
-                for example, generation in zip(chunk, backend.generate(prompts, stop_when_hopeless=hopeless_stop)):
+                constrained = ({"grammars": [call_list_grammar(e.entry["function"]) for e in chunk]}
+                               if config.grammar and python_answers else {})
+                generations = backend.generate(prompts, stop_when_hopeless=hopeless_stop, **constrained)
+                for example, generation in zip(chunk, generations):
                     stats = generation.to_dict()
                     writer.append(_row(example, stats.pop("text"), stats, parser))
                     bar.update()

@@ -109,10 +109,15 @@ class OpenAICompatBackend:
     def url(self) -> str:
         return f"{self.settings.base_url}/completions"
 
-    def generate(self, prompts: list[str], stop_when_hopeless: bool = False) -> list[Generation]:
+    def generate(self, prompts: list[str], stop_when_hopeless: bool = False,
+                 grammars: list[str | None] | None = None) -> list[Generation]:
         """One request per prompt, at most `concurrency` in flight; results in prompt order.
 
-        `stop_when_hopeless` is accepted for interface parity and ignored (see the module docstring)."""
+        `stop_when_hopeless` is accepted for interface parity and ignored (see the module docstring);
+        grammars are refused (servers take them in their own ways)."""
+        from tinyllm_utils.backends import refuse_grammars
+
+        refuse_grammars(self.name, grammars)
         if len(prompts) <= 1 or self.settings.concurrency == 1:
             return [self._generate_one(p) for p in prompts]
         with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(prompts))) as pool:

@@ -485,7 +485,9 @@ def run_edge_profile_stage(config: EdgeStageConfig, stage_dir: str | Path) -> di
             references[name] = str(trained[name]["final"])
     edge = EdgeConfig(checkpoints=checkpoints, types=list(config.types), requantize=requantize,
                       categories=protocol.categories, limit=protocol.limit, multi_turn_limit=protocol.multi_turn_limit,
-                      seed=protocol.seed, max_new_tokens=protocol.max_new_tokens, threads=list(config.threads),
+                      seed=protocol.seed, max_new_tokens=protocol.max_new_tokens,
+                      stop_when_hopeless=protocol.stop_when_hopeless, grammar=protocol.grammar,
+                      threads=list(config.threads),
                       threads_for={k: list(v) for k, v in config.threads_for.items()},
                       runs=config.runs, decode_tokens=config.decode_tokens, transformers_reference=references)
     return run_edge_stage(edge, stage_dir)
