@@ -155,3 +155,25 @@ def test_grammar_off_leaves_the_prediction_keys_as_they_were():
     """Evaluations made before the option existed resume: off, it is not part of their key."""
     assert "grammar" not in EvalConfig().prediction_keys()
     assert EvalConfig(grammar=True).prediction_keys()["grammar"] is True
+
+
+def test_multi_turn_steps_are_constrained_to_the_functions_offered_so_far():
+    """A held-out function enters the grammar at the turn that offers it, not before."""
+    from tinyllm_utils.backends import Generation
+    from tinyllm_utils.multi_turn import run_multi_turn
+
+    (example,) = load_category("multi_turn_miss_func", 1, 0)
+    ((turn, (held_out, *_)),) = example.entry["missed_function"].items()
+    seen = []
+
+    class Recorder:
+        tokenizer = None
+
+        def generate(self, prompts, stop_when_hopeless=False, grammars=None):
+            seen.append(grammars[0])
+            return [Generation("I am done.", 10, 3, 0.0)]  # prose: each turn ends after one step
+
+    run_multi_turn(example, Recorder(), "gemma", grammar=True)
+    assert len(seen) == len(example.entry["question"])
+    call = f'"{held_out["name"]}("'  # how the grammar spells the start of its call
+    assert [call in grammar for grammar in seen] == [i >= int(turn) for i in range(len(seen))]

@@ -50,7 +50,7 @@ class EvalConfig:
     stop_when_hopeless: bool = field(default=True, metadata={
         "help": "Python categories: stop once the text can no longer decode as a call list (README)"})
     grammar: bool = field(default=False, metadata={
-        "help": "Python single-turn categories, llama_cpp: sample only a call list of the offered functions "
+        "help": "Python categories, llama_cpp: sample only a call list of the offered functions "
                 "(required parameters, declared types) or prose (tinyllm_utils.grammar, README)"})
 
     def prediction_keys(self) -> dict:
@@ -144,13 +144,14 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
         bar = tqdm(total=len(todo), desc=f"{spec.name} {category}", disable=not progress, unit="entry")
         if is_multi_turn(category):
             for example in todo:
-                result = run_multi_turn(example, backend, spec.prompt_format, spec=spec)
+                result = run_multi_turn(example, backend, spec.prompt_format, spec=spec,
+                                        grammar=config.grammar and model_families.raw_answer_is_call_list(spec))
                 raw = result.pop("raw")
                 writer.append(_row(example, raw, result, parser))
                 bar.update()
         else:
             # Both read the raw text as a Python call list: only where the family answers with one.
-            python_answers = language_of(category) == "python" and model_families.early_stop_applies(spec)
+            python_answers = language_of(category) == "python" and model_families.raw_answer_is_call_list(spec)
             hopeless_stop = config.stop_when_hopeless and python_answers
             for start in range(0, len(todo), config.batch_size):
                 chunk = todo[start:start + config.batch_size]

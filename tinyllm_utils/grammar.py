@@ -8,14 +8,15 @@ that does not start with "["; it is how a model declines, so irrelevance is stil
   most once, every required one present: BFCL's checker wants all required parameters and no others, in any
   order (the order is the grammar's simplification: a call in another order cannot be written);
 * values have the declared type: string literals, integers, numbers (an integer is allowed where a float is
-  declared, as bfcl's checker allows), True/False, lists and tuples of the item type (a list where a tuple is declared, as bfcl's checker
-  takes it), dicts, and only the
-  listed values for an `enum`; a parameter of unknown type takes any Python literal.
+  declared, as bfcl's checker allows), True/False, lists and tuples of the item type (a list where a tuple is
+  declared, as bfcl's checker takes it), dicts, and only the listed values for an `enum`; a parameter of
+  unknown type takes any Python literal.
 
 Nothing about the expected answer is used: the grammar is built from the functions the prompt shows, as
-llama.cpp deployments constrain tool calls. Built for the Python categories and the prompting families whose
-raw answer is the call list (`model_families.early_stop_applies`); Java and JavaScript values are written in
-their own syntax and are left free.
+llama.cpp deployments constrain tool calls. Built for the Python categories (multi-turn: each step, with the
+functions offered so far) and the prompting families whose raw answer is the call list
+(`model_families.raw_answer_is_call_list`); Java and JavaScript values are written in their own syntax and are
+left free.
 """
 
 from __future__ import annotations

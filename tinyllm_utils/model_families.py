@@ -237,8 +237,9 @@ def parser_for(spec) -> Callable[[str, str], list[dict]]:
     return parser_by_name(parser_name(spec))
 
 
-def early_stop_applies(spec) -> bool:
-    """The hopeless-text early stop assumes the raw text itself is a Python call list from its first token."""
+def raw_answer_is_call_list(spec) -> bool:
+    """The raw text itself is a Python call list from its first token: what the hopeless-text early stop and the
+    call-list grammar assume."""
     return family_of(spec).parser == "python_ast" and spec.reasoning != "strip_think"
 
 
@@ -347,7 +348,7 @@ def dry_run(model: str, category: str = "simple_python") -> str:
         f"handler:   {('bfcl ' + family.handler) if family.handler else 'none (bfcl has no handler for this family)'}",
         f"parser:    {parser_name(spec)} = {PARSER_SOURCES[family.parser]}",
         f"reasoning: {spec.reasoning}",
-        f"early stop (Python categories): {'on' if early_stop_applies(spec) else 'off'}",
+        f"early stop (Python categories): {'on' if raw_answer_is_call_list(spec) else 'off'}",
         f"run.json:  {scoring_path(spec)}",
     ]
     if spec.reasoning == "strip_think":

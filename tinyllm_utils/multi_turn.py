@@ -14,6 +14,7 @@ import uuid
 from tinyllm_utils import bfcl, model_families
 from tinyllm_utils.data import Example
 from tinyllm_utils.decoding import DecodeError, to_execution_calls
+from tinyllm_utils.grammar import call_list_grammar
 from tinyllm_utils.scoring import allowed_api_names
 
 
@@ -27,12 +28,14 @@ def execute_calls(calls: list[str], refused: list[str], example: Example, sessio
     return results + [f"Error during execution: function '{name}' is not available." for name in refused]
 
 
-def run_multi_turn(example: Example, backend, prompt_format: str | None = None, on_step=None, spec=None) -> dict:
+def run_multi_turn(example: Example, backend, prompt_format: str | None = None, on_step=None, spec=None,
+                   grammar: bool = False) -> dict:
     """Generate every turn of one multi-turn entry. Returns raw text per step per turn plus token counts.
 
     With `spec` (a registry.ModelSpec) the chat is kept as the model's family does it (FC models: the bfcl
     handler's messages, tool results fed back in its format, its parser); without it, prompting mode in
-    `prompt_format`.
+    `prompt_format`. With `grammar`, every step is constrained to a call list of the functions offered so far
+    (a held-out function from its turn on) or prose (tinyllm_utils.grammar).
     """
     entry = example.entry
     if spec is not None:
@@ -41,6 +44,7 @@ def run_multi_turn(example: Example, backend, prompt_format: str | None = None, 
         chat = model_families.PlainConversation(entry, prompt_format, backend.tokenizer)
     turns = chat.turns
     holdout = entry.get("missed_function", {})
+    offered = list(entry["function"])
     allowed = allowed_api_names(entry)
     session = f"tinyllm_infer_{uuid.uuid4().hex[:12]}"
     raw_turns: list[list[str]] = []
@@ -50,11 +54,13 @@ def run_multi_turn(example: Example, backend, prompt_format: str | None = None, 
             if str(turn_index) in holdout:
                 turn = [{"role": "user", "content": bfcl.ADDITIONAL_FUNCTION_PROMPT.format(
                     functions=holdout[str(turn_index)])}]
+                offered += holdout[str(turn_index)]
             chat.add_user(turn)
             steps: list[str] = []
             raw_turns.append(steps)
             for _ in range(bfcl.MAXIMUM_STEP_LIMIT + 1):
-                generation = backend.generate([chat.prompt()])[0]
+                constrained = {"grammars": [call_list_grammar(offered)]} if grammar else {}
+                generation = backend.generate([chat.prompt()], **constrained)[0]
                 stats["prompt_tokens"] += generation.prompt_tokens
                 stats["completion_tokens"] += generation.completion_tokens
                 stats["seconds"] += generation.seconds
