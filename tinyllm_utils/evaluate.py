@@ -20,7 +20,7 @@ from tinyllm_utils import aggregate, model_families
 from tinyllm_utils.backends import make_backend
 from tinyllm_utils.bfcl import BFCL_EVAL_VERSION
 from tinyllm_utils.data import expand_categories, is_multi_turn, language_of, load_category
-from tinyllm_utils.grammar import call_list_grammar
+from tinyllm_utils.grammar import GRAMMAR_VERSION, call_list_grammar
 from tinyllm_utils.multi_turn import run_multi_turn
 from tinyllm_utils.prompts import entry_prompt
 from tinyllm_utils.registry import ModelUnavailableError, resolve_model, weights_fingerprint
@@ -58,7 +58,9 @@ class EvalConfig:
         keys = asdict(self)
         for name in ("categories", "limit", "multi_turn_limit", "models"):
             keys.pop(name, None)  # which entries are scored, not how each is predicted
-        if not keys["grammar"]:
+        if keys["grammar"]:
+            keys["grammar"] = GRAMMAR_VERSION  # predictions of an earlier grammar are not resumed
+        else:
             del keys["grammar"]  # off, it changes nothing: evaluations made before the option still resume
         keys["bfcl_eval"] = BFCL_EVAL_VERSION
         return keys
@@ -117,6 +119,9 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
     if config.grammar and config.backend != "llama_cpp":
         raise ValueError(f"grammar=True needs the llama_cpp backend (got {config.backend!r}): "
                          "llama.cpp's sampler is what enforces the grammar")
+    if config.grammar and not model_families.raw_answer_is_call_list(spec):
+        raise ValueError(f"grammar=True constrains Python call-list answers; {spec.name} answers in its family's "
+                         "own syntax (JSON, <tool_call>) or reasons first")
     work = _check_resumable(out_dir, config, spec)
     run = manifest(asdict(config) | {"categories": categories}, prediction_keys=config.prediction_keys(),
                    model_spec=asdict(spec), bfcl_eval=BFCL_EVAL_VERSION, parser=model_families.parser_name(spec),
@@ -145,7 +150,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
         if is_multi_turn(category):
             for example in todo:
                 result = run_multi_turn(example, backend, spec.prompt_format, spec=spec,
-                                        grammar=config.grammar and model_families.raw_answer_is_call_list(spec))
+                                        grammar=config.grammar)
                 raw = result.pop("raw")
                 writer.append(_row(example, raw, result, parser))
                 bar.update()

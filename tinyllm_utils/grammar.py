@@ -24,27 +24,43 @@ from __future__ import annotations
 import json
 import re
 
-# Shared rules. Strings are single- or double-quoted Python literals on one line.
+GRAMMAR_VERSION = 2  # part of an evaluation's key: predictions made under another grammar do not mix
+
+# Shared rules. Strings are single- or double-quoted Python literals on one line, with escapes Python reads;
+# numbers as Python writes them (no leading zeros); prose starts with neither "[", a space nor a backtick,
+# which would let a call list through unconstrained (the decoder strips them).
 _COMMON = r"""
 ws ::= " "?
-string ::= "'" ( [^'\\\n] | "\\" [^\n] )* "'" | "\"" ( [^"\\\n] | "\\" [^\n] )* "\""
-integer ::= "-"? [0-9]+
-number ::= "-"? [0-9]+ ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )?
+hex ::= [0-9a-fA-F]
+escape ::= "\\" ( [^xuUN\n\r] | "x" hex hex | "u" hex hex hex hex )
+string ::= "'" ( [^'\\\n\r] | escape )* "'" | "\"" ( [^"\\\n\r] | escape )* "\""
+digits ::= "0" | [1-9] [0-9]*
+integer ::= "-"? digits
+float ::= "-"? digits ( "." [0-9]+ ( [eE] [-+]? [0-9]+ )? | [eE] [-+]? [0-9]+ )
+number ::= float | integer
 boolean ::= "True" | "False"
 literal ::= string | number | boolean | "None" | literal-list | literal-tuple | literal-dict
 literal-list ::= "[" ( literal ( "," ws literal )* )? "]"
-literal-tuple ::= "(" ( literal ( "," ws literal )* )? ")"
+literal-tuple ::= "(" ( literal "," ( ws literal ( "," ws literal )* )? )? ")"
 literal-dict ::= "{" ( string ":" ws literal ( "," ws string ":" ws literal )* )? "}"
-prose ::= [^\[\x00] [^\x00]*
+prose ::= [^\[ \t\n\r`\x00] [^\x00]*
 """
 
+# Declared type -> rule. An integer is allowed where a float is declared: bfcl's checker converts it at the
+# top level, and inside a list it scores integers right where the ground truth has them (`interval=[0, 3]`).
 _SCALARS = {"string": "string", "integer": "integer", "float": "number", "number": "number",
             "boolean": "boolean", "dict": "literal-dict"}
 
 
 def _quoted(text: str) -> str:
     """`text` as a GBNF string literal."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    for char, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
+        text = text.replace(char, escaped)
+    return f'"{text}"'
+
+
+def _as_dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 class _Rules:
@@ -65,31 +81,38 @@ class _Rules:
         """The rule for one parameter's value."""
         if not isinstance(schema, dict):
             return "literal"
+        kind = schema.get("type")
+        if kind in ("array", "tuple"):
+            items = _as_dict(schema.get("items"))
+            if schema.get("enum"):  # BFCL's live data list an array's allowed items as its enum
+                items = {**items, "enum": schema["enum"]}
+            element = self.value(items) if items else "literal"
+            if kind == "array":
+                return self.add(f'"[" ( {element} ( "," ws {element} )* )? "]"', kind)
+            # bfcl's checker takes a list where a tuple is declared; a tuple of one element needs its comma
+            return self.add(f'"(" ( {element} "," ( ws {element} ( "," ws {element} )* )? )? ")" | '
+                            f'"[" ( {element} ( "," ws {element} )* )? "]"', kind)
         if schema.get("enum"):
             options = []
             for value in schema["enum"]:
                 options.append(_quoted(repr(value)))
                 if isinstance(value, str):
-                    options.append(_quoted(json.dumps(value)))  # "value" as well as 'value'
+                    options.append(_quoted(json.dumps(value, ensure_ascii=False)))  # "value" as well as 'value'
             return self.add(" | ".join(dict.fromkeys(options)), "enum")
-        kind = schema.get("type")
-        if kind in _SCALARS:
-            return _SCALARS[kind]
-        if kind in ("array", "tuple"):
-            item = self.value(schema["items"]) if isinstance(schema.get("items"), dict) else "literal"
-            items = f'( {item} ( "," ws {item} )* )?'
-            if kind == "array":
-                return self.add(f'"[" {items} "]"', kind)
-            return self.add(f'"(" {items} ")" | "[" {items} "]"', kind)  # bfcl's checker takes a list for a tuple
-        return "literal"
+        return _SCALARS.get(kind, "literal")
 
     def call(self, function: dict) -> str:
-        """`name(p1=v1, p2=v2)` with the parameters in schema order, optional ones skippable."""
-        parameters = function.get("parameters") or {}
-        properties = parameters.get("properties") or {}
+        """`name(p1=v1, p2=v2)` with the parameters in schema order, optional ones skippable (or None)."""
+        parameters = _as_dict(function.get("parameters"))
+        properties = _as_dict(parameters.get("properties"))
         required = set(parameters.get("required") or [])
         names = list(properties)
-        keyword = [f"{_quoted(name + '=')} {self.value(properties[name])}" for name in names]
+        keyword = []
+        for name in names:
+            value = self.value(properties[name])
+            if name not in required:  # bfcl takes None where the ground truth allows leaving it out
+                value = value if value == "literal" else self.add(f'{value} | "None"', "optional")
+            keyword.append(f"{_quoted(name + '=')} {value}")
 
         def choices(start: int, separator: str) -> str:
             """The arguments from position `start` on: the next one written is any up to the first required."""
@@ -109,12 +132,13 @@ class _Rules:
 
 
 def call_list_grammar(functions: list[dict]) -> str:
-    """The GBNF grammar (llama.cpp) for an answer to a prompt offering `functions` (BFCL's schema)."""
-    if not functions:
-        raise ValueError("a call-list grammar needs at least one offered function")
+    """The GBNF grammar (llama.cpp) for an answer to a prompt offering `functions` (BFCL's schema). With no
+    function offered (some live_irrelevance entries) only prose, or nothing, is allowed."""
     rules = _Rules()
     calls = [rules.call(function) for function in functions]
-    head = ("root ::= call-list | prose\n"
-            'call-list ::= "[" call ( "," ws call )* "]"\n'
+    if not calls:
+        return 'root ::= ( "[]" | prose )?\n' + _COMMON
+    head = ("root ::= ( call-list | prose )?\n"  # an empty answer, like "[]", is no call, as bfcl reads it
+            'call-list ::= "[" ( call ( "," ws call )* )? "]"\n'
             f"call ::= {' | '.join(dict.fromkeys(calls))}\n")
     return head + "".join(f"{name} ::= {body}\n" for name, body in rules.bodies.items()) + _COMMON
