@@ -76,6 +76,37 @@ def test_profile_returns_every_field(variants):
     assert result["machine"]["cpu_count"] >= 1 and result["runtime"] == "llama.cpp"
 
 
+def test_profile_decodes_end_to_end_under_the_evaluations_grammar(variants, tmp_path):
+    _, paths = variants
+    prompts = {"short": "<start_of_turn>user\nSay hi.<end_of_turn>\n<start_of_turn>model\n"}
+    prefix = [prompts["short"]] * 2
+    only_empty_list = 'root ::= "[]"'  # nothing else can be decoded: e2e stops after "[]" and end of turn
+    result = edge.profile_variant(paths[1], prompts, threads=1, runs=1, decode_tokens=4, max_new_tokens=32,
+                                  n_ctx=512, prefix_prompts=prefix, timeout_s=300,
+                                  grammars={"short": only_empty_list}, prefix_grammars=[only_empty_list] * 2)
+    assert result["decoding"] == edge.profile_decoding(True, True) and result["decoding"]["grammar"]
+    assert result["prompts"]["short"]["completion_tokens"]["max"] <= 2
+    with pytest.raises(ValueError, match="both or neither"):
+        edge.profile_variant(paths[1], prompts, grammars={"short": only_empty_list}, prefix_grammars=None)
+    with pytest.raises(ValueError, match="one per prompt kind"):
+        edge.profile_variant(paths[1], prompts, prefix_prompts=prefix, grammars={"other": only_empty_list},
+                             prefix_grammars=[only_empty_list] * 2)
+    # A profile saved before decoding was recorded (early stop, no grammar) is not reused for a grammar run.
+    old = tmp_path / "Q4_0-t1.json"
+    old.write_text(json.dumps({"prompts": {}}))
+    assert edge._saved_decoding(old) == edge.profile_decoding(True, False) != edge.profile_decoding(True, True)
+
+
+def test_representative_grammars_are_the_evaluations():
+    from tinyllm_utils.data import load_category
+    from tinyllm_utils.grammar import call_list_grammar
+
+    grammars = edge.representative_grammars()
+    assert set(grammars) == set(edge.representative_prompts())
+    prefix = load_category("simple_python", 4, 0)
+    assert edge.shared_prefix_grammars(4, 0) == [call_list_grammar(e.entry["function"]) for e in prefix]
+
+
 def _rows(valid: list[bool], category: str = "simple_python") -> list[dict]:
     return [{"id": f"{category}_{i}", "category": category, "valid": v} for i, v in enumerate(valid)]
 

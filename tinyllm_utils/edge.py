@@ -1,7 +1,7 @@
 """The edge stage's library: quantized GGUF variants, their accuracy kept vs F16, and a device profile.
 
     python -m tinyllm_utils.edge quantize model-F16.gguf outputs/edge/variants        # Q8_0 ... Q4_0
-    python -m tinyllm_utils.edge profile  outputs/edge/variants/model-Q4_K_M.gguf --threads 2 --runs 3
+    python -m tinyllm_utils.edge profile  outputs/edge/variants/model-Q4_K_M.gguf --threads 2 --runs 3 [--grammar]
 
 * `quantize_variants` runs llama.cpp's own quantizer (`llama_model_quantize` in llama-cpp-python) on a
   checkpoint's F16 GGUF and checks that every file loads and generates and that its GGUF metadata
@@ -146,26 +146,40 @@ def quantize_variants(f16_gguf: str | Path, out_dir: str | Path, types=QUANT_TYP
 
 # -------------------------------------------------------------------------------------------- device profile
 
+def _representative_examples(spec) -> dict:
+    from tinyllm_utils.data import load_category
+    from tinyllm_utils.prompts import entry_prompt
+
+    def length(example):
+        return len(entry_prompt(example.entry, spec))
+
+    simple = min(load_category("simple_python"), key=length)
+    multiple = max(load_category("multiple"), key=lambda e: (len(e.entry["function"]), length(e)))
+    # The shortest first step: every multi-turn prompt carries whole API docs (23k-52k characters, ~5k tokens
+    # and up), so even the shortest is long; a longer one would only multiply the profile's cost.
+    multi_turn = min(load_category("multi_turn_base"), key=lambda e: (length(e), e.id))
+    return {"short_simple": simple, "long_multiple": multiple, "multi_turn_step": multi_turn}
+
+
 def representative_prompts(seed: int = 0, model: str = "gemma-3-270m") -> dict[str, str]:
     """The fixed profile set: the shortest simple_python prompt, the `multiple` prompt with the most functions,
     and one multi-turn step (the shortest multi_turn_base first turn), each as the evaluation prompts
     `model`. `seed` is kept for the signature's sake: the set is fixed."""
-    from tinyllm_utils.data import load_category
     from tinyllm_utils.prompts import entry_prompt
     from tinyllm_utils.registry import resolve_model
 
     spec = resolve_model(model)
+    return {kind: entry_prompt(e.entry, spec) for kind, e in _representative_examples(spec).items()}
 
-    def prompt(example):
-        return entry_prompt(example.entry, spec)
 
-    simple = min(load_category("simple_python"), key=lambda e: len(prompt(e)))
-    multiple = max(load_category("multiple"), key=lambda e: (len(e.entry["function"]), len(prompt(e))))
-    # The shortest first step: every multi-turn prompt carries whole API docs (23k-52k characters, ~5k tokens
-    # and up), so even the shortest is long; a longer one would only multiply the profile's cost.
-    multi_turn = min(load_category("multi_turn_base"), key=lambda e: (len(prompt(e)), e.id))
-    return {"short_simple": prompt(simple), "long_multiple": prompt(multiple),
-            "multi_turn_step": prompt(multi_turn)}
+def representative_grammars(seed: int = 0, model: str = "gemma-3-270m") -> dict[str, str]:
+    """The grammar evaluation would constrain each of `representative_prompts` with (`EvalConfig.grammar`):
+    the entry's offered functions (a multi-turn first step offers the entry's own)."""
+    from tinyllm_utils.grammar import call_list_grammar
+    from tinyllm_utils.registry import resolve_model
+
+    examples = _representative_examples(resolve_model(model))
+    return {kind: call_list_grammar(e.entry["function"]) for kind, e in examples.items()}
 
 
 def shared_prefix_prompts(n: int = 4, seed: int = 0, model: str = "gemma-3-270m") -> list[str]:
@@ -178,13 +192,23 @@ def shared_prefix_prompts(n: int = 4, seed: int = 0, model: str = "gemma-3-270m"
     return [entry_prompt(e.entry, spec) for e in load_category("simple_python", n, seed)]
 
 
+def shared_prefix_grammars(n: int = 4, seed: int = 0) -> list[str]:
+    """The grammars of `shared_prefix_prompts`' entries, in the same order."""
+    from tinyllm_utils.data import load_category
+    from tinyllm_utils.grammar import call_list_grammar
+
+    return [call_list_grammar(e.entry["function"]) for e in load_category("simple_python", n, seed)]
+
+
 def _spread(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
             "max": round(max(values), 4), "runs": len(values)}
 
 
 def _profile_gguf_in_process(spec_fields: dict, prompts: dict[str, str], threads: int, runs: int,
-                             decode_tokens: int, max_new_tokens: int, n_ctx: int, prefix_prompts: list[str]) -> dict:
+                             decode_tokens: int, max_new_tokens: int, n_ctx: int, prefix_prompts: list[str],
+                             stop_when_hopeless: bool = True, grammars: dict[str, str] | None = None,
+                             prefix_grammars: list[str] | None = None) -> dict:
     from tinyllm_utils.backends import LlamaCppBackend
     from tinyllm_utils.registry import ModelSpec
 
@@ -222,20 +246,22 @@ def _profile_gguf_in_process(spec_fields: dict, prompts: dict[str, str], threads
             record.setdefault("ttft_s", []).append(first - start)
             record.setdefault("prompt_tokens_per_s", []).append(len(tokens) / (first - start))
             record.setdefault("decode_tokens_per_s", []).append((decode_tokens - 1) / (end - first))
-            # One BFCL entry end to end, as the evaluation runs it: cold cache, stop at end of turn, and the
-            # early stop on single-turn Python prompts (not on a multi-turn step, as in evaluation).
+            # One BFCL entry end to end, as the evaluation runs it: cold cache, stop at end of turn, the early
+            # stop on single-turn Python prompts (never on a multi-turn step) and the grammar when it has one.
             llm.reset()
-            generation = backend.generate([text], stop_when_hopeless=not kind.startswith("multi_turn"))[0]
+            generation = backend.generate([text], stop_when_hopeless and not kind.startswith("multi_turn"),
+                                          grammars=[grammars[kind]] if grammars else None)[0]
             record.setdefault("e2e_s", []).append(generation.seconds)
             record.setdefault("completion_tokens", []).append(generation.completion_tokens)
         # Prefix reuse: the same entries one after another with the cache kept (what evaluation does) vs reset.
         for keep, bucket in ((False, cold), (True, warm)):
             llm.reset()
             total = 0.0
-            for text in prefix_prompts:
+            for i, text in enumerate(prefix_prompts):
                 if not keep:
                     llm.reset()
-                total += backend.generate([text], stop_when_hopeless=True)[0].seconds
+                total += backend.generate([text], stop_when_hopeless,
+                                          grammars=[prefix_grammars[i]] if prefix_grammars else None)[0].seconds
             bucket.append(total / len(prefix_prompts))
     shared = _common_prefix_tokens([backend.tokenize(p) for p in prefix_prompts])
     backend.llm.close()
@@ -313,35 +339,52 @@ def _run_profile_subprocess(job: dict, timeout_s: float | None) -> dict:
 
 def profile_variant(gguf: str | Path, prompts: dict[str, str] | None = None, threads: int = 2, runs: int = 3,
                     decode_tokens: int = 64, max_new_tokens: int = 256, n_ctx: int = 8192,
-                    prefix_prompts: list[str] | None = None, timeout_s: float | None = 3600) -> dict:
+                    prefix_prompts: list[str] | None = None, timeout_s: float | None = 3600,
+                    stop_when_hopeless: bool = True, grammars: dict[str, str] | None = None,
+                    prefix_grammars: list[str] | None = None) -> dict:
     """Device profile of one GGUF at `threads` threads: every field, median / min / max over `runs`.
 
     Fields: quantization, file_size_mb, load_s, peak_rss_mb, and per prompt kind (default:
     `representative_prompts()`): prompt_tokens, ttft_s, prompt_tokens_per_s, decode_tokens_per_s (over
-    `decode_tokens` greedy tokens), e2e_s and completion_tokens (one entry under the evaluation's rules:
-    greedy, `max_new_tokens`, stop at end of turn, the early stop except on a multi-turn step, cold cache);
-    prefix_reuse (seconds per entry over
-    `prefix_prompts` with the cache reset before each entry vs kept); machine (results.hardware()).
+    `decode_tokens` greedy tokens, free), e2e_s and completion_tokens (one entry under the evaluation's rules:
+    greedy, `max_new_tokens`, stop at end of turn, `stop_when_hopeless` except on a multi-turn step, cold
+    cache, and with `grammars` (one per prompt kind, `representative_grammars`) the evaluation's grammar);
+    prefix_reuse (seconds per entry over `prefix_prompts`, each with its `prefix_grammars` when given, with
+    the cache reset before each entry vs kept); decoding (those rules); machine (results.hardware()).
     """
     gguf = Path(gguf)
     prompts = prompts if prompts is not None else representative_prompts()
     prefix_prompts = prefix_prompts if prefix_prompts is not None else shared_prefix_prompts()
+    if (grammars is None) != (prefix_grammars is None):
+        raise ValueError("grammars and prefix_grammars: both or neither (the profile decodes one way)")
+    if grammars is not None and (set(grammars) != set(prompts) or len(prefix_grammars) != len(prefix_prompts)):
+        raise ValueError("grammars: one per prompt kind, and prefix_grammars one per prefix prompt")
     from tinyllm_utils.registry import resolve_model
 
     job = {"kind": "gguf", "gguf": str(gguf), "spec": asdict(resolve_model(str(gguf))), "prompts": prompts,
            "threads": threads, "runs": runs,
            "decode_tokens": decode_tokens, "max_new_tokens": max_new_tokens, "n_ctx": n_ctx,
-           "prefix_prompts": prefix_prompts}
+           "prefix_prompts": prefix_prompts, "stop_when_hopeless": stop_when_hopeless, "grammars": grammars,
+           "prefix_grammars": prefix_grammars}
     result = _run_profile_subprocess(job, timeout_s)
     return {"file": gguf.name, "quantization": gguf_file_type(gguf), "file_size_mb": round(gguf.stat().st_size / 2**20, 2),
-            "threads": threads, **result, "machine": hardware()}
+            "threads": threads, **result, "decoding": profile_decoding(stop_when_hopeless, grammars is not None),
+            "machine": hardware()}
+
+
+def profile_decoding(stop_when_hopeless: bool, grammar: bool) -> dict:
+    """How a profile's e2e_s decoded, as saved with it: a profile made under other rules is not reused."""
+    from tinyllm_utils.grammar import GRAMMAR_VERSION
+
+    return {"stop_when_hopeless": stop_when_hopeless, "grammar": GRAMMAR_VERSION if grammar else False}
 
 
 def profile_transformers(source: str | Path, dtype: str = "float32", prompts: dict[str, str] | None = None,
                          threads: int = 2, runs: int = 3, decode_tokens: int = 64, max_new_tokens: int = 256,
                          timeout_s: float | None = 3600) -> dict:
     """The same profile for a transformers checkpoint folder in `dtype` (float32 / bfloat16); its e2e_s runs
-    without the early stop (an upper bound), and there is no prefix-reuse measurement."""
+    without the early stop and without a grammar (the transformers backend has neither), and there is no
+    prefix-reuse measurement."""
     prompts = prompts if prompts is not None else representative_prompts()
     job = {"kind": "transformers", "source": str(source), "dtype": dtype, "prompts": prompts, "threads": threads,
            "runs": runs, "decode_tokens": decode_tokens, "max_new_tokens": max_new_tokens}
@@ -587,6 +630,11 @@ def run_edge_stage(config: EdgeConfig, out_dir: str | Path, progress: bool = Tru
     write_json_atomic(out_dir / "edge_config.json", asdict(config))
     prompts = representative_prompts(config.seed)
     prefix = shared_prefix_prompts(config.prefix_entries, seed=config.seed)
+    # The profile's end-to-end seconds decode as stage 01's evaluation does (the grammar costs time per token).
+    decoding = profile_decoding(config.stop_when_hopeless, config.grammar)
+    grammars = {"grammars": representative_grammars(config.seed),
+                "prefix_grammars": shared_prefix_grammars(config.prefix_entries, seed=config.seed)
+                } if config.grammar else {}
     records = []
     for method, gguf in config.checkpoints.items():
         method_dir = out_dir / method
@@ -607,10 +655,10 @@ def run_edge_stage(config: EdgeConfig, out_dir: str | Path, progress: bool = Tru
                 records.append({"method": method, "quantization": quant, "eval_dir": eval_dir})
             for threads in thread_counts:
                 profile_path = method_dir / "profile" / f"{quant}-t{threads}.json"
-                if not profile_path.exists():
+                if not profile_path.exists() or _saved_decoding(profile_path) != decoding:
                     write_json_atomic(profile_path, profile_variant(
                         path, prompts, threads, config.runs, config.decode_tokens, config.max_new_tokens,
-                        prefix_prompts=prefix))
+                        prefix_prompts=prefix, stop_when_hopeless=config.stop_when_hopeless, **grammars))
                 records.append({"method": method, "quantization": quant, "eval_dir": eval_dir,
                                 "profile": profile_path})
         source = config.transformers_reference.get(method)
@@ -625,6 +673,11 @@ def run_edge_stage(config: EdgeConfig, out_dir: str | Path, progress: bool = Tru
                 records.append({"method": method, "quantization": f"hf-{dtype}", "profile": profile_path})
     table = edge_table(records)
     return write_edge_outputs(table, out_dir)
+
+
+def _saved_decoding(profile_path: Path) -> dict:
+    # Profiles saved before the field existed decoded with the early stop and no grammar.
+    return json.loads(profile_path.read_text()).get("decoding", profile_decoding(True, False))
 
 
 def write_edge_outputs(table: pd.DataFrame, out_dir: str | Path, threads: int = 2, keep: float = 0.95) -> dict:
@@ -652,7 +705,8 @@ def _profile_job(job: dict) -> dict:
     if job["kind"] == "gguf":
         return _profile_gguf_in_process(job["spec"], job["prompts"], job["threads"], job["runs"],
                                         job["decode_tokens"], job["max_new_tokens"], job["n_ctx"],
-                                        job["prefix_prompts"])
+                                        job["prefix_prompts"], job["stop_when_hopeless"], job["grammars"],
+                                        job["prefix_grammars"])
     return _profile_transformers_in_process(job["source"], job["dtype"], job["prompts"], job["threads"],
                                             job["runs"], job["decode_tokens"], job["max_new_tokens"])
 
@@ -669,13 +723,16 @@ def main(argv=None) -> None:
     p.add_argument("gguf")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--grammar", action="store_true", help="e2e_s decodes under the evaluation's grammar")
     sub.add_parser("_profile_job")  # internal: one profile (JSON job on stdin) in this process, JSON on stdout
     args = parser.parse_args(argv)
     if args.command == "quantize":
         for path in quantize_variants(args.f16_gguf, args.out_dir, args.types, args.allow_requantize):
             print(path)
     elif args.command == "profile":
-        print(json.dumps(profile_variant(args.gguf, threads=args.threads, runs=args.runs), indent=2))
+        grammars = {"grammars": representative_grammars(), "prefix_grammars": shared_prefix_grammars()
+                    } if args.grammar else {}
+        print(json.dumps(profile_variant(args.gguf, threads=args.threads, runs=args.runs, **grammars), indent=2))
     else:
         print(json.dumps(_profile_job(json.loads(sys.stdin.read()))))
 
