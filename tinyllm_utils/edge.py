@@ -200,6 +200,12 @@ def shared_prefix_grammars(n: int = 4, seed: int = 0) -> list[str]:
     return [call_list_grammar(e.entry["function"]) for e in load_category("simple_python", n, seed)]
 
 
+def profile_grammars(prefix_entries: int = 4, seed: int = 0) -> dict:
+    """`profile_variant`'s grammar arguments for the default prompt sets, as the evaluation would constrain them."""
+    return {"grammars": representative_grammars(seed),
+            "prefix_grammars": shared_prefix_grammars(prefix_entries, seed=seed)}
+
+
 def _spread(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
             "max": round(max(values), 4), "runs": len(values)}
@@ -632,9 +638,7 @@ def run_edge_stage(config: EdgeConfig, out_dir: str | Path, progress: bool = Tru
     prefix = shared_prefix_prompts(config.prefix_entries, seed=config.seed)
     # The profile's end-to-end seconds decode as stage 01's evaluation does (the grammar costs time per token).
     decoding = profile_decoding(config.stop_when_hopeless, config.grammar)
-    grammars = {"grammars": representative_grammars(config.seed),
-                "prefix_grammars": shared_prefix_grammars(config.prefix_entries, seed=config.seed)
-                } if config.grammar else {}
+    grammars = profile_grammars(config.prefix_entries, config.seed) if config.grammar else {}
     records = []
     for method, gguf in config.checkpoints.items():
         method_dir = out_dir / method
@@ -730,8 +734,7 @@ def main(argv=None) -> None:
         for path in quantize_variants(args.f16_gguf, args.out_dir, args.types, args.allow_requantize):
             print(path)
     elif args.command == "profile":
-        grammars = {"grammars": representative_grammars(), "prefix_grammars": shared_prefix_grammars()
-                    } if args.grammar else {}
+        grammars = profile_grammars() if args.grammar else {}
         print(json.dumps(profile_variant(args.gguf, threads=args.threads, runs=args.runs, **grammars), indent=2))
     else:
         print(json.dumps(_profile_job(json.loads(sys.stdin.read()))))
