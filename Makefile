@@ -23,17 +23,17 @@ install: $(VENV)/.installed
 
 reproduce: install
 	$(PY) -m tinyllm_utils.pipeline --profile $(PROFILE) --run-id $(RUN_ID)
-	$(PY) -m tinyllm_utils.figures --run outputs/$(RUN_ID) --out paper_figures
+	$(PY) -m tinyllm_utils.analysis.figures --run outputs/$(RUN_ID) --out paper_figures
 
 # nbval runs the notebooks whose smoke workload is cheap on their own; the smoke pipeline test runs every stage.
 NBVAL_NOTEBOOKS := notebooks/01_baseline_evaluation.ipynb notebooks/02_data_filtering.ipynb \
-	notebooks/03_pair_construction.ipynb notebooks/07_analysis.ipynb
+	notebooks/03_pair_construction.ipynb notebooks/08_analysis.ipynb
 
 test: install
 	$(PY) -m pytest tests $(NBVAL_NOTEBOOKS) --nbval-lax -p no:cacheprovider
 
 figures: install
-	$(PY) -m tinyllm_utils.figures --run outputs/$(RUN_ID) --out paper_figures
+	$(PY) -m tinyllm_utils.analysis.figures --run outputs/$(RUN_ID) --out paper_figures
 
 benchmark: install
 	$(PY) benchmarks/eval_throughput.py

@@ -5,7 +5,7 @@ table, recommended variant and figure.
     python benchmarks/edge_profile.py --gguf outputs/run/04_sft/model-F16.gguf --method sft
 
 Default checkpoint: the embedded base gemma-3-270m, which exists only as Q4_K_M, so its "F16" is that file
-de-quantized into F16 and every variant is a re-quantization of Q4_K_M weights (see tinyllm_utils.edge).
+de-quantized into F16 and every variant is a re-quantization of Q4_K_M weights (see tinyllm_utils.edge.profile).
 Resumable (rerun the same command); writes under --out and prints the tables. Figures, not assertions.
 """
 
@@ -39,20 +39,22 @@ def main() -> None:
 
     import pandas as pd
 
-    from tinyllm_utils import edge
-    from tinyllm_utils.registry import resolve_model
-    from tinyllm_utils.results import hardware
+    from tinyllm_utils.core.results import hardware
+    from tinyllm_utils.edge import quantize
+    from tinyllm_utils.edge.sweep import profile_checkpoints
+    from tinyllm_utils.evaluation.evaluate import EvalConfig
+    from tinyllm_utils.models.registry import resolve_model
 
     gguf = args.gguf or str(resolve_model("gemma-3-270m").gguf_path())
-    config = edge.EdgeConfig(
-        checkpoints={args.method: gguf}, types=args.types or list(edge.QUANT_TYPES),
-        requantize=[args.method] if edge.gguf_file_type(gguf) not in ("F16", "F32", "BF16") else [],
-        categories=args.categories, limit=args.limit, threads=args.threads, runs=args.runs,
+    protocol = EvalConfig(model=gguf, categories=args.categories, limit=args.limit, multi_turn_limit=0)
+    start = time.perf_counter()
+    result = profile_checkpoints(
+        {args.method: gguf}, protocol, args.out, types=args.types or list(quantize.QUANT_TYPES),
+        requantize=[args.method] if quantize.gguf_file_type(gguf) not in ("F16", "F32", "BF16") else [],
+        threads=args.threads, runs=args.runs,
         threads_for={q: [int(t) for t in ts.split(",") if t] for q, ts in (x.split("=") for x in args.threads_for)},
         decode_tokens=args.decode_tokens, prefix_entries=args.prefix_entries, transformers_dtypes=args.dtypes,
         transformers_reference={} if args.no_transformers or args.gguf else {args.method: "embedded"})
-    start = time.perf_counter()
-    result = edge.run_edge_stage(config, args.out)
     table = pd.read_csv(Path(args.out) / "edge_table_all_threads.csv")
 
     pd.set_option("display.width", 200)

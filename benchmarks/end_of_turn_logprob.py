@@ -5,7 +5,7 @@
 
 Base gemma-3-270m gives the end-of-turn token about -35 after a call, and LoRA leaves its (tied) embedding row
 frozen; until SFT lifts it near 0, answers run on past the call and the checker rejects them. Rows are stage-02
-training rows in the evaluation format (training.sft_dataset), scored with the model's own full logits.
+training rows in the evaluation format (trainers.sft_dataset), scored with the model's own full logits.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import statistics
 
 import torch
 
-from tinyllm_utils import training
-from tinyllm_utils.pairs import load_stage02
+from tinyllm_utils.data.pairs import load_stage02
+from tinyllm_utils.train import trainers
 
 
 def end_of_turn_logprobs(model_name: str, dataset: str, rows: int) -> list[float]:
-    model, tokenizer = training.load_for_training(model_name)
+    model, tokenizer = trainers.load_for_training(model_name)
     model.eval()
-    end_id = tokenizer.convert_tokens_to_ids(training.END_OF_TURN)
-    data = training.sft_dataset(load_stage02(dataset)["train"].select(range(rows)), "gemma", tokenizer)
+    end_id = tokenizer.convert_tokens_to_ids(trainers.END_OF_TURN)
+    data = trainers.sft_dataset(load_stage02(dataset)["train"].select(range(rows)), "gemma", tokenizer)
     out = []
     for row in data:
         ids = tokenizer(row["prompt"] + row["completion"], return_tensors="pt")["input_ids"]

@@ -21,8 +21,8 @@ NON_LIVE_ENTRIES = 1240
 
 
 def sample_prompts(entries: int, seed: int) -> list[str]:
-    from tinyllm_utils.data import load_category
-    from tinyllm_utils.prompts import first_turn_messages, format_prompt
+    from tinyllm_utils.bfcl.data import load_category
+    from tinyllm_utils.models.prompts import first_turn_messages, format_prompt
 
     half = entries // 2
     examples = load_category("simple_python", half, seed) + load_category("multiple", entries - half, seed)
@@ -31,9 +31,9 @@ def sample_prompts(entries: int, seed: int) -> list[str]:
 
 def measure(backend_name: str, batch_size: int, entries: int, max_new_tokens: int, seed: int,
             early_stop: bool) -> dict:
-    from tinyllm_utils.backends import make_backend
-    from tinyllm_utils.registry import resolve_model
-    from tinyllm_utils.results import peak_rss_mb
+    from tinyllm_utils.backends.factory import make_backend
+    from tinyllm_utils.core.results import peak_rss_mb
+    from tinyllm_utils.models.registry import resolve_model
 
     prompts = sample_prompts(entries, seed)
     start = time.perf_counter()

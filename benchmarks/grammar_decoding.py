@@ -1,5 +1,5 @@
 """What grammar-constrained decoding costs on llama.cpp: the same BFCL prompts decoded free and with the
-call-list grammar (tinyllm_utils.grammar), one model, one process.
+call-list grammar (tinyllm_utils.bfcl.grammar), one model, one process.
 
     python benchmarks/grammar_decoding.py [--model gemma-3-270m] [--entries 16] [--threads 2]
     python benchmarks/grammar_decoding.py --model outputs/quick/04_sft/sft-lora/gguf/gemma-3-270m-sft-lora-F16.gguf
@@ -29,11 +29,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from tinyllm_utils.backends import LlamaCppBackend
-    from tinyllm_utils.data import load_category
-    from tinyllm_utils.grammar import call_list_grammar
-    from tinyllm_utils.prompts import entry_prompt
-    from tinyllm_utils.registry import resolve_model
+    from tinyllm_utils.backends.llama_cpp import LlamaCppBackend
+    from tinyllm_utils.bfcl.data import load_category
+    from tinyllm_utils.bfcl.grammar import call_list_grammar
+    from tinyllm_utils.models.families import entry_prompt
+    from tinyllm_utils.models.registry import resolve_model
 
     spec = resolve_model(args.model)
     half = args.entries // 2

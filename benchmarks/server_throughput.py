@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def sample_prompts(entries: int, seed: int) -> list[str]:
-    from tinyllm_utils.data import load_category
-    from tinyllm_utils.prompts import entry_prompt
-    from tinyllm_utils.registry import resolve_model
+    from tinyllm_utils.bfcl.data import load_category
+    from tinyllm_utils.models.families import entry_prompt
+    from tinyllm_utils.models.registry import resolve_model
 
     half = entries // 2
     examples = load_category("simple_python", half, seed) + load_category("multiple", entries - half, seed)
@@ -55,10 +55,10 @@ def main() -> None:
     parser.add_argument("--model", help="the model name the server serves (with --base-url)")
     args = parser.parse_args()
 
-    from tinyllm_utils.backends import LlamaCppBackend
-    from tinyllm_utils.registry import resolve_model
-    from tinyllm_utils.results import hardware
-    from tinyllm_utils.server_backend import LocalLlamaServer, OpenAICompatBackend
+    from tinyllm_utils.backends.llama_cpp import LlamaCppBackend
+    from tinyllm_utils.backends.server import LocalLlamaServer, OpenAICompatBackend
+    from tinyllm_utils.core.results import hardware
+    from tinyllm_utils.models.registry import resolve_model
 
     spec = resolve_model("gemma-3-270m")
     prompts = sample_prompts(args.entries, args.seed)

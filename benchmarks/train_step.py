@@ -8,8 +8,8 @@ evaluation format. LoRA r 16 on all linear layers unless the variant says full f
 
   trl_default      TRL's SFTTrainer as shipped (its fused LM head scores every position off Triton)
   full_logits_*    the model's own loss on the full (B, T, 262k) logits (transformers' ForCausalLMLoss)
-  head_only_*      the study's head-only loss (training.add_head_only_lm_head: answer positions only)
-  *_end_row        ... with the end-of-turn embedding row trained too (training.train_end_token), as the stages'
+  head_only_*      the study's head-only loss (trainers.add_head_only_lm_head: answer positions only)
+  *_end_row        ... with the end-of-turn embedding row trained too (trainers.train_end_token), as the stages'
                    LoRA runs do (dpo and grpo below too)
   full_ft_sft      head-only SFT, every weight trained (AdamW)
   dpo              head-only DPO step, LoRA (reference = adapter disabled), 2 pairs
@@ -43,7 +43,7 @@ FUNCTIONS = [{"name": f"tool_{i}", "description": f"Tool number {i}: looks thing
 def _rows(tokenizer, prompt_tokens: int, answer_tokens: int, n: int) -> list[dict]:
     """Stage-02-shaped rows whose formatted prompt (with BOS) / answer (with end of turn) have the requested
     token counts: function docs are added, then filler words, until the prompt is long enough."""
-    from tinyllm_utils import training
+    from tinyllm_utils.train import trainers
 
     def count(text):
         return len(tokenizer(text, add_special_tokens=False).input_ids)
@@ -51,7 +51,7 @@ def _rows(tokenizer, prompt_tokens: int, answer_tokens: int, n: int) -> list[dic
     def answer(filler):
         calls = [{"tool_0": {"query": "weather in Paris tomorrow" + " please" * filler, "limit": 3}},
                  {"tool_1": {"query": "flights from Oslo to Rome", "limit": 5}}]
-        return calls, training.answer_text(calls) + training.END_OF_TURN
+        return calls, trainers.answer_text(calls) + trainers.END_OF_TURN
 
     rows = []
     for i in range(n):
@@ -60,7 +60,7 @@ def _rows(tokenizer, prompt_tokens: int, answer_tokens: int, n: int) -> list[dic
             row = {"id": f"bench_{i}", "category": "parallel",
                    "messages": json.dumps([{"role": "user", "content": f"Request {i}:" + " please" * words}]),
                    "functions": json.dumps(FUNCTIONS[:n_functions]), "target": "[]"}
-            prompt = training._prompt_and_answer(row, "gemma", tokenizer)["prompt"]
+            prompt = trainers._prompt_and_answer(row, "gemma", tokenizer)["prompt"]
             have = count(prompt) + 1  # + BOS
             if have >= prompt_tokens:
                 break
@@ -101,37 +101,37 @@ def child(variant: str, steps: int, batch: int, prompt_tokens: int, answer_token
     from transformers import Trainer
     from trl import SFTTrainer
 
-    from tinyllm_utils import training
-    from tinyllm_utils.results import peak_rss_mb
+    from tinyllm_utils.core.results import peak_rss_mb
+    from tinyllm_utils.train import trainers
 
     torch.manual_seed(0)
-    model, tokenizer = training.load_for_training("gemma-3-270m")
+    model, tokenizer = trainers.load_for_training("gemma-3-270m")
     rows = _rows(tokenizer, prompt_tokens, answer_tokens, batch * (steps + warmup))
     bf16 = variant.endswith("bf16")
-    lora = None if variant == "full_ft_sft" else training.default_lora()
-    if variant.endswith("_end_row") or variant in ("dpo", "grpo"):  # as training.train_sft/dpo/grpo configure it
-        lora = training.train_end_token(lora, tokenizer)
+    lora = None if variant == "full_ft_sft" else trainers.default_lora()
+    if variant.endswith("_end_row") or variant in ("dpo", "grpo"):  # as trainers.train_sft/dpo/grpo configure it
+        lora = trainers.train_end_token(lora, tokenizer)
     common = {"max_steps": steps + warmup, "per_device_train_batch_size": batch, "save_strategy": "no",
               "bf16": bf16, "logging_steps": 1, "max_length": prompt_tokens + answer_tokens + 8}
     timer = _Timer()
     if variant in ("dpo",):
         data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["completion"],
                                    "rejected": r["completion"].replace("Paris", "Rome")} for r in rows])
-        config = training.dpo_config_from_dict({**common, "output_dir": "/tmp/bench-dpo"})
-        trainer = training.trainer_classes()["dpo"](model=model, args=config, train_dataset=data,
+        config = trainers.dpo_config_from_dict({**common, "output_dir": "/tmp/bench-dpo"})
+        trainer = trainers.trainer_classes()["dpo"](model=model, args=config, train_dataset=data,
                                                     processing_class=tokenizer, peft_config=lora)
         tokens_per_step = 2 * batch * (prompt_tokens + answer_tokens)  # chosen and rejected sequences
     elif variant == "grpo":
-        data = training.grpo_dataset([r["row"] for r in rows], "gemma", tokenizer)
-        config = training.grpo_config_from_dict({
+        data = trainers.grpo_dataset([r["row"] for r in rows], "gemma", tokenizer)
+        config = trainers.grpo_config_from_dict({
             "max_steps": steps + warmup, "per_device_train_batch_size": batch, "num_generations": 2,
             "max_completion_length": answer_tokens, "save_strategy": "no", "output_dir": "/tmp/bench-grpo"})
-        trainer = training.trainer_classes()["grpo"](model=model, reward_funcs=[training.checker_reward], args=config,
+        trainer = trainers.trainer_classes()["grpo"](model=model, reward_funcs=[trainers.checker_reward], args=config,
                                                      train_dataset=data, processing_class=tokenizer, peft_config=lora)
         tokens_per_step = None  # measured from the logged completion lengths
     else:
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-        config = training.sft_config_from_dict({**common, "output_dir": "/tmp/bench-sft"})
+        config = trainers.sft_config_from_dict({**common, "output_dir": "/tmp/bench-sft"})
         if variant == "trl_default":
             cls = SFTTrainer
         elif variant.startswith("full_logits"):
@@ -141,7 +141,7 @@ def child(variant: str, steps: int, batch: int, prompt_tokens: int, answer_token
                     return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             cls = FullLogitsSFTTrainer
         else:
-            cls = training.trainer_classes()["sft"]
+            cls = trainers.trainer_classes()["sft"]
         trainer = cls(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
         tokens_per_step = batch * (prompt_tokens + answer_tokens)
     trainer.add_callback(timer.callback())

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -25,7 +25,7 @@
 # **How to run.** As part of the pipeline (`python -m tinyllm_utils.pipeline --profile quick`, which injects the
 # parameters below with papermill and saves the executed copy under `outputs/<run_id>/01_baseline_evaluation/`),
 # or on its own in Jupyter: the defaults are the smallest (smoke) workload on the embedded gemma-3-270m. The
-# parameters are the fields of `tinyllm_utils.evaluate.BaselineConfig`, whose defaults these are.
+# parameters are the fields of `tinyllm_utils.stages.baseline.BaselineConfig`, whose defaults these are.
 #
 # Everything here is a call into `tinyllm_utils`; the notebook only tells the story.
 
@@ -49,10 +49,11 @@ stage_dir = "outputs/smoke/01_baseline_evaluation"
 import pandas as pd
 from IPython.display import Markdown, display
 
-from tinyllm_utils import aggregate, figures
-from tinyllm_utils.evaluate import BaselineConfig, run_baseline
-from tinyllm_utils.pipeline import config_from_parameters, resolve_stage_dir
-from tinyllm_utils.registry import ModelUnavailableError
+from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.bfcl import aggregate
+from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
+from tinyllm_utils.models.registry import ModelUnavailableError
+from tinyllm_utils.stages.baseline import BaselineConfig, run_baseline
 
 stage_dir = resolve_stage_dir(stage_dir)  # `outputs/...` lands in the outputs folder, wherever Jupyter runs
 config = config_from_parameters(BaselineConfig, globals())
@@ -85,12 +86,12 @@ for model, model_metrics in all_metrics.items():
 # with a sample of 25 entries a 0 % score still allows up to ~13 %, so read small samples with their interval.
 
 # %%
-metrics = figures.metrics_table(stage_dir)
+metrics = stage_views.metrics_table(stage_dir)
 display(metrics.pivot_table(index=["group", "category"], columns="model", values=["accuracy", "n"]))
-display(figures.overall_table(stage_dir).pivot_table(index=["bfcl", "score"], columns="model", values="value"))
+display(stage_views.overall_table(stage_dir).pivot_table(index=["bfcl", "score"], columns="model", values="value"))
 
 # %%
-fig = figures.plot_category_accuracy(metrics)
+fig = stage_views.plot_category_accuracy(metrics)
 fig
 
 # %% [markdown]
@@ -103,19 +104,19 @@ fig
 # from the ground truth's).
 
 # %%
-failures = figures.failure_mode_table(stage_dir)
+failures = stage_views.failure_mode_table(stage_dir)
 display(failures)
-fig = figures.plot_failure_modes(failures)
+fig = stage_views.plot_failure_modes(failures)
 fig
 
 # %% [markdown]
 # ## Reading the baseline
 #
 # Written from the numbers above (not typed in advance), so it stays true under any profile or model; compare
-# with the published leaderboard rows in the analysis stage (07).
+# with the published leaderboard rows in the analysis stage (08).
 
 # %%
-display(Markdown(figures.baseline_findings(metrics, failures)))
+display(Markdown(stage_views.baseline_findings(metrics, failures)))
 
 # %% [markdown]
 # ## Checks on what was saved
@@ -123,7 +124,7 @@ display(Markdown(figures.baseline_findings(metrics, failures)))
 # Every selected entry has its raw output on disk, and each category's `n` counts exactly those entries.
 
 # %%
-from tinyllm_utils.results import model_folder_name, read_jsonl
+from tinyllm_utils.core.results import model_folder_name, read_jsonl
 
 for model, model_metrics in all_metrics.items():
     for category, selected in model_metrics["selected_ids"].items():

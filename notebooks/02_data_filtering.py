@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -20,7 +20,7 @@
 # Every source is converted to one schema (messages, offered functions, target calls or *no call*), then passes
 # a chain of filters; each filter's count is shown and saved, and every removed row goes to `rejected.jsonl`
 # with the rule, the field and the reason. The paper filtered AgentBank/Gorilla data by hand-written rules; here
-# the rules are code in `tinyllm_utils/training_data.py`, with tests.
+# the rules are code in `tinyllm_utils/rows.py`, with tests.
 #
 # **Offline default pool.** bfcl-eval ships datasets it no longer scores (`data/unused_datasets`): exec_simple,
 # exec_multiple, exec_parallel, exec_parallel_multiple, sql, rest, chatable and multi_turn_composite. They are
@@ -37,7 +37,7 @@ bfcl_sources = ["exec_simple", "exec_multiple", "exec_parallel", "exec_parallel_
                 "chatable", "multi_turn_composite"]
 # extra datasets, each a dict with path, format, and optionally split and limit
 user_datasets = []
-# generated sources (tinyllm_utils.api_source): ["python_apis"] or [{"name": "python_apis", "rows": 4000}]
+# generated sources (tinyllm_utils.data.api_source): ["python_apis"] or [{"name": "python_apis", "rows": 4000}]
 synthetic_sources = []
 # whose tokenizer measures prompt and answer lengths
 model = "gemma-3-270m"
@@ -58,12 +58,14 @@ stage_dir = "outputs/smoke/02_data_filtering"
 import pandas as pd
 from IPython.display import Markdown, display
 
-from tinyllm_utils import training_data
-from tinyllm_utils.pipeline import config_from_parameters, resolve_stage_dir
+from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
+from tinyllm_utils.data import rows
+from tinyllm_utils.stages import data_filtering
 
 stage_dir = resolve_stage_dir(stage_dir)  # `outputs/...` lands in the outputs folder, wherever Jupyter runs
-config = config_from_parameters(training_data.DataConfig, globals())
-result = training_data.build_dataset(config)
+config = config_from_parameters(data_filtering.DataConfig, globals())
+result = data_filtering.build_dataset(config)
 
 # %% [markdown]
 # ## Filters
@@ -110,12 +112,12 @@ if len(rejected):
 # function (the answer becomes *no call*). Every augmented row records its kind in the `augmentation` column.
 
 # %%
-mix = training_data.mix_table(result["splits"])
+mix = rows.mix_table(result["splits"])
 display(mix.pivot_table(index="category", columns=["split", "made"], values="rows", fill_value=0, aggfunc="sum"))
-display(training_data.source_table(result["splits"], result["rejected"]))
+display(rows.source_table(result["splits"], result["rejected"]))
 
 # %%
-fig = training_data.plot_lengths(result["splits"])
+fig = stage_views.plot_lengths(result["splits"])
 fig
 
 # %% [markdown]
@@ -127,8 +129,8 @@ fig
 # `length_distribution.png`. The dataset folder is renamed into place last.
 
 # %%
-path = training_data.save_dataset(result, stage_dir, figure=fig)
-card = training_data.data_card(result)
+path = data_filtering.save_dataset(result, stage_dir, figure=fig)
+card = rows.data_card(result)
 print(path, card["rows"], "rejected:", card["rejected"])
 display(Markdown((stage_dir / "data_card.md").read_text()))
 
@@ -140,7 +142,7 @@ import json
 
 from datasets import load_from_disk
 
-from tinyllm_utils.prompts import answer_text
+from tinyllm_utils.models.prompts import answer_text
 
 dataset = load_from_disk(str(path))
 example = dataset["train"][0]
@@ -156,4 +158,4 @@ print(answer_text(json.loads(example["target"])))
 # %%
 assert {split: len(rows) for split, rows in dataset.items()} == card["rows"], card["rows"]
 assert card["functions_called"]["in_both"] == 0, card["functions_called"]
-assert set(dataset["train"].column_names) == set(training_data.COLUMNS)
+assert set(dataset["train"].column_names) == set(rows.COLUMNS)

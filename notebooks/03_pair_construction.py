@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -37,7 +37,7 @@
 # **How to run.** After stage 02, as part of the pipeline
 # (`python -m tinyllm_utils.pipeline --profile quick --stages 03_pair_construction`, which injects the parameters
 # below with papermill), or on its own in Jupyter: the defaults are the smallest (smoke) workload on the embedded
-# gemma-3-270m. The whole method is one call, `pairs.run_stage`; the cells after it show what each step made.
+# gemma-3-270m. The whole method is one call, `pair_construction.run_stage`; the cells after it show what each step made.
 
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; the defaults are the `smoke` profile = PairConfig's defaults)
@@ -63,12 +63,14 @@ stage_dir = "outputs/smoke/03_pair_construction"
 import pandas as pd
 from IPython.display import display
 
-from tinyllm_utils import pairs
-from tinyllm_utils.pipeline import config_from_parameters, resolve_stage_dir
-from tinyllm_utils.registry import ModelUnavailableError
+from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
+from tinyllm_utils.data import pairs
+from tinyllm_utils.models.registry import ModelUnavailableError
+from tinyllm_utils.stages import pair_construction
 
 stage_dir = resolve_stage_dir(stage_dir)  # `outputs/...` lands in the outputs folder, wherever Jupyter runs
-config = config_from_parameters(pairs.PairConfig, globals())
+config = config_from_parameters(pair_construction.PairConfig, globals())
 pd.set_option("display.max_colwidth", 80)
 config
 
@@ -99,7 +101,7 @@ config
 
 # %%
 try:
-    result = pairs.run_stage(config, stage_dir)
+    result = pair_construction.run_stage(config, stage_dir)
 except (pairs.MissingInputError, ModelUnavailableError) as exc:
     raise SystemExit(f"{type(exc).__name__}: {exc}") from None  # one clear message instead of a traceback
 card = result["card"]
@@ -152,7 +154,7 @@ display(pairs.kind_table(result["pairs"]))
 display(pairs.error_table(result["pairs"]))
 
 # %%
-fig = pairs.plot_pair_stats(result["stats"])
+fig = stage_views.plot_pair_stats(result["stats"])
 fig.savefig(stage_dir / "pair_stats.png", dpi=150, bbox_inches="tight")
 fig
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -20,7 +20,7 @@
 # completion pairs in exactly the evaluation prompt format (the same row → entry → prompt path evaluation uses),
 # loss on the completion only. LoRA (`lora_sft`, adapters on every linear layer, Gemma's tied embeddings kept
 # tied) and full fine-tuning (`full_sft`) are trained when their block is set. The output head runs only on
-# answer positions (tinyllm_utils.training: the 262 k-token head is most of a step's cost on a CPU).
+# answer positions (tinyllm_utils.train.trainers: the 262 k-token head is most of a step's cost on a CPU).
 #
 # **Then every checkpoint is treated like the baseline**: LoRA merged, exported to GGUF (F16) and evaluated by
 # the same evaluation core with stage 01's protocol and backend, so every difference in the tables below is the
@@ -43,19 +43,21 @@ stage_dir = "outputs/smoke/04_sft"
 # %%
 from IPython.display import display
 
-from tinyllm_utils import training, training_stages
-from tinyllm_utils.pipeline import config_from_parameters, resolve_stage_dir
+from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
+from tinyllm_utils.stages.common import before_after, failure_shift, summary_table
+from tinyllm_utils.stages.sft import SFTStageConfig, run_sft_stage
 
 stage_dir = resolve_stage_dir(stage_dir)
-config = config_from_parameters(training_stages.SFTStageConfig, globals())
+config = config_from_parameters(SFTStageConfig, globals())
 config
 
 # %% [markdown]
 # ## Train, export, evaluate
 
 # %%
-results = training_stages.run_sft_stage(config, stage_dir)
-display(training_stages.summary_table(results))
+results = run_sft_stage(config, stage_dir)
+display(summary_table(results))
 
 # %% [markdown]
 # ## Training curves
@@ -64,7 +66,7 @@ display(training_stages.summary_table(results))
 
 # %%
 for label, result in results.items():
-    display(training.plot_curves(result["curves"], title=f"{label}: {result['training']['steps']} steps"))
+    display(stage_views.plot_curves(result["curves"], title=f"{label}: {result['training']['steps']} steps"))
 
 # %% [markdown]
 # ## Before and after, on the same entries
@@ -74,8 +76,8 @@ for label, result in results.items():
 # (a paired permutation test for composite scores), and Holm's correction over every comparison in the table.
 
 # %%
-comparison = training_stages.before_after(stage_dir)
+comparison = before_after(stage_dir)
 display(comparison[["a", "b", "scoring", "comparison", "acc_a", "acc_b", "diff", "ci_low", "ci_high", "p_value",
                     "p_holm"]] if len(comparison) else "nothing to compare yet")
-display(training_stages.failure_shift(stage_dir))
+display(failure_shift(stage_dir))
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -40,19 +40,21 @@ stage_dir = "outputs/smoke/05_dpo"
 # %%
 from IPython.display import display
 
-from tinyllm_utils import training, training_stages
-from tinyllm_utils.pipeline import config_from_parameters, resolve_stage_dir
+from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
+from tinyllm_utils.stages.common import before_after, failure_shift, summary_table
+from tinyllm_utils.stages.dpo import DPOStageConfig, run_dpo_stage
 
 stage_dir = resolve_stage_dir(stage_dir)
-config = config_from_parameters(training_stages.DPOStageConfig, globals())
+config = config_from_parameters(DPOStageConfig, globals())
 config
 
 # %% [markdown]
 # ## Train, export, evaluate
 
 # %%
-results = training_stages.run_dpo_stage(config, stage_dir)
-display(training_stages.summary_table(results))
+results = run_dpo_stage(config, stage_dir)
+display(summary_table(results))
 
 # %% [markdown]
 # ## Training curves
@@ -61,7 +63,7 @@ display(training_stages.summary_table(results))
 
 # %%
 for label, result in results.items():
-    display(training.plot_curves(result["curves"], title=f"{label}: {result['training']['steps']} steps"))
+    display(stage_views.plot_curves(result["curves"], title=f"{label}: {result['training']['steps']} steps"))
 
 # %% [markdown]
 # ## Before and after, on the same entries
@@ -71,8 +73,8 @@ for label, result in results.items():
 # (a paired permutation test for composite scores), and Holm's correction over every comparison in the table.
 
 # %%
-comparison = training_stages.before_after(stage_dir)
+comparison = before_after(stage_dir)
 display(comparison[["a", "b", "scoring", "comparison", "acc_a", "acc_b", "diff", "ci_low", "ci_high", "p_value",
                     "p_holm"]] if len(comparison) else "nothing to compare yet")
-display(training_stages.failure_shift(stage_dir))
+display(failure_shift(stage_dir))
 

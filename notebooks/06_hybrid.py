@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -54,11 +54,13 @@ stage_dir = "outputs/smoke/06_hybrid"
 # %%
 from IPython.display import display
 
-from tinyllm_utils import training, training_stages
-from tinyllm_utils.pipeline import config_from_parameters, resolve_stage_dir
+from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
+from tinyllm_utils.stages.common import before_after, failure_shift, summary_table
+from tinyllm_utils.stages.hybrid import HybridStageConfig, run_hybrid_stage
 
 stage_dir = resolve_stage_dir(stage_dir)
-config = config_from_parameters(training_stages.HybridStageConfig, globals())
+config = config_from_parameters(HybridStageConfig, globals())
 config
 
 # %% [markdown]
@@ -67,8 +69,8 @@ config
 # Accuracy and compute per model and per cycle: training seconds (a cycle's include its generation) and tokens/s.
 
 # %%
-results = training_stages.run_hybrid_stage(config, stage_dir)
-display(training_stages.summary_table(results))
+results = run_hybrid_stage(config, stage_dir)
+display(summary_table(results))
 
 # %% [markdown]
 # ## Training curves
@@ -78,7 +80,7 @@ display(training_stages.summary_table(results))
 # %%
 for label, result in results.items():
     if "training" in result:
-        display(training.plot_curves(result["curves"], title=label))
+        display(stage_views.plot_curves(result["curves"], title=label))
 
 # %% [markdown]
 # ## Before and after, on the same entries
@@ -88,8 +90,8 @@ for label, result in results.items():
 # (a paired permutation test for composite scores), and Holm's correction over every comparison in the table.
 
 # %%
-comparison = training_stages.before_after(stage_dir)
+comparison = before_after(stage_dir)
 display(comparison[["a", "b", "scoring", "comparison", "acc_a", "acc_b", "diff", "ci_low", "ci_high", "p_value",
                     "p_holm"]] if len(comparison) else "nothing to compare yet")
-display(training_stages.failure_shift(stage_dir))
+display(failure_shift(stage_dir))
 

@@ -12,9 +12,9 @@ import inspect
 
 import pytest
 
-from tinyllm_utils.backends import Generation
-from tinyllm_utils.bfcl import execute_multi_turn_func_call  # noqa: F401  (import check)
-from tinyllm_utils.data import load_category
+from tinyllm_utils.backends.base import Generation
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.bfcl.shim import execute_multi_turn_func_call  # noqa: F401  (import check)
 
 
 def first_option(value):

@@ -7,8 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tinyllm_utils.aggregate import overall_scores, summarize, wilson_interval
-from tinyllm_utils.analysis import SUB_TABLE_COLUMNS, V3_COUNTS, V4_COUNTS
+from tinyllm_utils.analysis.reference import SUB_TABLE_COLUMNS
+from tinyllm_utils.analysis.stats import V3_COUNTS, V4_COUNTS
+from tinyllm_utils.bfcl.aggregate import overall_scores, summarize, wilson_interval
 
 REFERENCE = Path(str(files("tinyllm_utils").joinpath("reference", "bfcl_leaderboard")))  # shipped package data
 # The leaderboard's category sizes and column names, as the analysis stage reads them (one copy of that data).

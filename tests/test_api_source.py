@@ -9,11 +9,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from tinyllm_utils import api_source
-from tinyllm_utils.api_source import ApiSourceConfig, build_rows, collect_functions, function_doc, schema_type
-from tinyllm_utils.training_data import ROW_CHECKS, DataConfig, apply_check, category_of, load_sources, row_example
-from tinyllm_utils.prompts import answer_text
-from tinyllm_utils.scoring import score_single_turn
+from tinyllm_utils.bfcl.scoring import score_single_turn
+from tinyllm_utils.data import api_source
+from tinyllm_utils.data.api_source import ApiSourceConfig, build_rows, collect_functions, function_doc, schema_type
+from tinyllm_utils.data.rows import ROW_CHECKS, apply_check, category_of, load_sources, row_example
+from tinyllm_utils.models.prompts import answer_text
+from tinyllm_utils.stages.data_filtering import DataConfig
 
 ROWS = 600
 
@@ -156,7 +157,7 @@ def test_a_parallel_rows_calls_pass_the_same_parameters(rows):
 
 def test_stage02_split_keeps_functions_apart(rows):
     """Functions called or offered together stay in seeded families, so the split by function still works."""
-    from tinyllm_utils.training_data import split_by_function
+    from tinyllm_utils.data.rows import split_by_function
 
     splits = split_by_function([{**r, "category": category_of(r)} for r in rows], 0.2, seed=0)
     assert 0.1 * len(rows) <= len(splits["validation"]) <= 0.35 * len(rows)

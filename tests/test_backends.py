@@ -2,11 +2,12 @@
 
 import pytest
 
-from tinyllm_utils.backends import LlamaCppBackend, TransformersBackend
-from tinyllm_utils.data import load_category
-from tinyllm_utils.decoding import cannot_become_calls
-from tinyllm_utils.prompts import first_turn_messages, format_prompt
-from tinyllm_utils.registry import ModelUnavailableError, resolve_model
+from tinyllm_utils.backends.hf import TransformersBackend
+from tinyllm_utils.backends.llama_cpp import LlamaCppBackend
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.bfcl.decoding import cannot_become_calls
+from tinyllm_utils.models.prompts import first_turn_messages, format_prompt
+from tinyllm_utils.models.registry import ModelUnavailableError, resolve_model
 
 GEMMA = resolve_model("gemma-3-270m")
 
@@ -76,7 +77,7 @@ def test_missing_hub_model_is_one_clear_error():
 
 
 def test_a_gguf_without_a_spec_is_prompted_as_gemma_only_when_it_is_gemma(tmp_path, monkeypatch):
-    from tinyllm_utils import registry
+    from tinyllm_utils.models import registry
 
     embedded = resolve_model("gemma-3-270m").gguf_path()
     copy = tmp_path / "my-gemma.gguf"

@@ -7,7 +7,7 @@ import sys
 PROBE = """
 import json, sys, time
 start = time.time()
-import tinyllm_utils.bfcl as b
+import tinyllm_utils.bfcl.shim as b
 import bfcl_eval
 from pathlib import Path
 print(json.dumps({
@@ -27,7 +27,7 @@ def test_checker_import_skips_hosted_api_handlers():
 
 
 def test_clear_api_state_forgets_cached_instances():
-    from tinyllm_utils import bfcl
+    from tinyllm_utils.bfcl import shim as bfcl
 
     bfcl.execute_multi_turn_func_call(["mkdir(dir_name='x')"], {"GorillaFileSystem": {"root": {"r": {
         "type": "directory", "contents": {}}}}}, ["GorillaFileSystem"], "tinyllm_probe", "entry_0")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyllm_utils import converters
-from tinyllm_utils.converters import FORMATS, convert_records, load_user_dataset
+from tinyllm_utils.data import converters
+from tinyllm_utils.data.converters import FORMATS, convert_records, load_user_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "converters"
 
@@ -438,10 +438,10 @@ def test_a_multi_turn_chat_gives_a_row_per_calling_turn_with_its_history(kind):
     assert asked == ("and dogs?" if kind == "glaive" else "and dogs and owls?")
 
     # the row's prompt is byte for byte what the evaluation's multi-turn chat shows the model at that point
-    from tinyllm_utils.decoding import DecodeError
-    from tinyllm_utils.model_families import PlainConversation
-    from tinyllm_utils.prompts import first_turn_messages, format_prompt
-    from tinyllm_utils.training_data import category_of, row_entry
+    from tinyllm_utils.bfcl.decoding import DecodeError
+    from tinyllm_utils.data.rows import category_of, row_entry
+    from tinyllm_utils.models.families import PlainConversation
+    from tinyllm_utils.models.prompts import first_turn_messages, format_prompt
 
     entry = row_entry({**second, "category": category_of(second)})
     prompt = format_prompt(first_turn_messages(entry)[0], "gemma")

@@ -4,17 +4,17 @@ import os
 
 import pytest
 from bfcl_eval.model_handler.utils import default_decode_ast_prompting
-from conftest import render_ground_truth
 
-from tinyllm_utils.data import load_category
-from tinyllm_utils.decoding import (
+from conftest import render_ground_truth
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.bfcl.decoding import (
     DecodeError,
     UnsafeOutputError,
     cannot_become_calls,
     decode_ast,
     to_execution_calls,
 )
-from tinyllm_utils.scoring import decode_step, score_example
+from tinyllm_utils.bfcl.scoring import decode_step, score_example
 
 HANDWRITTEN = [
     "[get_weather(city='Paris')]",

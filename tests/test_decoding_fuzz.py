@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinyllm_utils.data import load_category
-from tinyllm_utils.decoding import DecodeError, cannot_become_calls, decode_ast, to_execution_calls
-from tinyllm_utils.scoring import decode_step, score_example
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.bfcl.decoding import DecodeError, cannot_become_calls, decode_ast, to_execution_calls
+from tinyllm_utils.bfcl.scoring import decode_step, score_example
 
 RUNS: dict[str, int] = {}
 FUZZ = dict(deadline=None, derandomize=True, database=None,

@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tinyllm_utils import edge
-from tinyllm_utils.registry import resolve_model
+from tinyllm_utils.analysis import stats
+from tinyllm_utils.edge import profile, quantize
+from tinyllm_utils.edge import table as edge_tables
+from tinyllm_utils.models.registry import resolve_model
 
 GGUF = resolve_model("gemma-3-270m").gguf_path()
 
@@ -24,7 +26,7 @@ GGUF = resolve_model("gemma-3-270m").gguf_path()
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory):
     out = tmp_path_factory.mktemp("variants")
-    return out, edge.quantize_variants(GGUF, out, ["Q8_0", "Q4_0"], allow_requantize=True, nthread=2)
+    return out, quantize.quantize_variants(GGUF, out, ["Q8_0", "Q4_0"], allow_requantize=True, nthread=2)
 
 
 def test_quantize_round_trip(variants):
@@ -32,7 +34,7 @@ def test_quantize_round_trip(variants):
     # One quantization per name: the source's own suffix (q4_k_m) is replaced, not kept.
     assert [p.name for p in paths] == ["gemma-3-270m-Q8_0.gguf", "gemma-3-270m-Q4_0.gguf"]
     # Each file declares the type asked for (gguf metadata), and Q8_0 is larger than Q4_0.
-    assert [edge.gguf_file_type(p) for p in paths] == ["Q8_0", "Q4_0"]
+    assert [quantize.gguf_file_type(p) for p in paths] == ["Q8_0", "Q4_0"]
     assert paths[0].stat().st_size > paths[1].stat().st_size
     manifest = json.loads((out / "variants.json").read_text())
     assert [v["quantization"] for v in manifest["variants"]] == ["Q8_0", "Q4_0"]
@@ -44,13 +46,13 @@ def test_quantize_round_trip(variants):
 def test_quantize_resumes_and_refuses_quantized_input_without_permission(variants, tmp_path):
     out, paths = variants
     mtimes = [p.stat().st_mtime_ns for p in paths]
-    again = edge.quantize_variants(GGUF, out, ["Q8_0", "Q4_0"], allow_requantize=True, check=False)
+    again = quantize.quantize_variants(GGUF, out, ["Q8_0", "Q4_0"], allow_requantize=True, check=False)
     assert again == paths and [p.stat().st_mtime_ns for p in paths] == mtimes
     assert all(v["quantize_s"] is None for v in json.loads((out / "variants.json").read_text())["variants"])
     with pytest.raises(ValueError, match="already quantized.*allow_requantize"):
-        edge.quantize_variants(GGUF, tmp_path, ["Q4_0"], check=False)
+        quantize.quantize_variants(GGUF, tmp_path, ["Q4_0"], check=False)
     with pytest.raises(ValueError, match="unknown quantization"):
-        edge.quantize_variants(GGUF, tmp_path, ["Q3_X"], check=False)
+        quantize.quantize_variants(GGUF, tmp_path, ["Q3_X"], check=False)
 
 
 def test_profile_returns_every_field(variants):
@@ -58,7 +60,7 @@ def test_profile_returns_every_field(variants):
     prompts = {"short": "<start_of_turn>user\nSay hi.<end_of_turn>\n<start_of_turn>model\n"}
     prefix = [f"<start_of_turn>user\nYou are a helpful assistant. Question {i}: what is {i} + 1?"
               "<end_of_turn>\n<start_of_turn>model\n" for i in range(3)]
-    result = edge.profile_variant(paths[1], prompts, threads=1, runs=2, decode_tokens=4, max_new_tokens=4,
+    result = profile.profile_variant(paths[1], prompts, threads=1, runs=2, decode_tokens=4, max_new_tokens=4,
                                   n_ctx=512, prefix_prompts=prefix, timeout_s=300)
     assert result["quantization"] == "Q4_0" and result["threads"] == 1 and result["n_threads_batch"] == 1
     assert result["file_size_mb"] == pytest.approx(paths[1].stat().st_size / 2**20, abs=0.01)
@@ -81,30 +83,30 @@ def test_profile_decodes_end_to_end_under_the_evaluations_grammar(variants, tmp_
     prompts = {"short": "<start_of_turn>user\nSay hi.<end_of_turn>\n<start_of_turn>model\n"}
     prefix = [prompts["short"]] * 2
     only_empty_list = 'root ::= "[]"'  # nothing else can be decoded: e2e stops after "[]" and end of turn
-    result = edge.profile_variant(paths[1], prompts, threads=1, runs=1, decode_tokens=4, max_new_tokens=32,
+    result = profile.profile_variant(paths[1], prompts, threads=1, runs=1, decode_tokens=4, max_new_tokens=32,
                                   n_ctx=512, prefix_prompts=prefix, timeout_s=300,
                                   grammars={"short": only_empty_list}, prefix_grammars=[only_empty_list] * 2)
-    assert result["decoding"] == edge.profile_decoding(True, True) and result["decoding"]["grammar"]
+    assert result["decoding"] == profile.profile_decoding(True, True) and result["decoding"]["grammar"]
     assert result["prompts"]["short"]["completion_tokens"]["max"] <= 2
     with pytest.raises(ValueError, match="both or neither"):
-        edge.profile_variant(paths[1], prompts, grammars={"short": only_empty_list}, prefix_grammars=None)
+        profile.profile_variant(paths[1], prompts, grammars={"short": only_empty_list}, prefix_grammars=None)
     with pytest.raises(ValueError, match="one per prompt kind"):
-        edge.profile_variant(paths[1], prompts, prefix_prompts=prefix, grammars={"other": only_empty_list},
+        profile.profile_variant(paths[1], prompts, prefix_prompts=prefix, grammars={"other": only_empty_list},
                              prefix_grammars=[only_empty_list] * 2)
     # A profile saved before decoding was recorded (early stop, no grammar) is not reused for a grammar run.
     old = tmp_path / "Q4_0-t1.json"
     old.write_text(json.dumps({"prompts": {}}))
-    assert edge._saved_decoding(old) == edge.profile_decoding(True, False) != edge.profile_decoding(True, True)
+    assert profile.saved_decoding(old) == profile.profile_decoding(True, False) != profile.profile_decoding(True, True)
 
 
 def test_representative_grammars_are_the_evaluations():
-    from tinyllm_utils.data import load_category
-    from tinyllm_utils.grammar import call_list_grammar
+    from tinyllm_utils.bfcl.data import load_category
+    from tinyllm_utils.bfcl.grammar import call_list_grammar
 
-    grammars = edge.representative_grammars()
-    assert set(grammars) == set(edge.representative_prompts())
+    grammars = profile.representative_grammars()
+    assert set(grammars) == set(profile.representative_prompts())
     prefix = load_category("simple_python", 4, 0)
-    assert edge.shared_prefix_grammars(4, 0) == [call_list_grammar(e.entry["function"]) for e in prefix]
+    assert profile.shared_prefix_grammars(4, 0) == [call_list_grammar(e.entry["function"]) for e in prefix]
 
 
 def _rows(valid: list[bool], category: str = "simple_python") -> list[dict]:
@@ -116,17 +118,17 @@ def test_paired_retention():
 
     reference = _rows([True] * 8 + [False] * 2)
     variant = _rows([True] * 5 + [False] * 3 + [True, False])  # loses 3 entries, gains 1
-    result = edge.paired_retention(reference, variant + _rows([True], "multiple"))  # unpaired row ignored
+    result = edge_tables.paired_retention(reference, variant + _rows([True], "multiple"))  # unpaired row ignored
     assert result["n"] == 10 and result["reference_accuracy"] == 0.8 and result["accuracy"] == 0.6
     assert result["retained"] == pytest.approx(0.75)
     assert (result["only_reference_correct"], result["only_variant_correct"]) == (3, 1)
     assert result["mcnemar_p"] == pytest.approx(binomtest(1, 4).pvalue)
     low, high = result["retained_ci95"]
     assert low < 0.75 < high
-    same = edge.paired_retention(reference, reference)
+    same = edge_tables.paired_retention(reference, reference)
     assert same["retained"] == 1.0 and same["retained_ci95"] == [1.0, 1.0] and same["mcnemar_p"] == 1.0
     with pytest.raises(ValueError, match="no entries in common"):
-        edge.paired_retention(reference, _rows([True], "multiple"))
+        edge_tables.paired_retention(reference, _rows([True], "multiple"))
 
 
 def _table() -> pd.DataFrame:
@@ -143,14 +145,14 @@ def _table() -> pd.DataFrame:
 
 
 def test_pareto_front_and_recommendation():
-    table = edge.mark_pareto(_table())
+    table = edge_stats.mark_pareto(_table())
     # F16 is dominated by Q8_0 (same accuracy, faster, smaller); Q4_0 by Q4_K_M (better on every axis).
     assert table.set_index("quantization")["pareto"].to_dict() == {"F16": False, "Q8_0": True, "Q4_K_M": True,
                                                                     "Q4_0": False}
-    chosen = edge.recommend(table)
+    chosen = edge_tables.recommend(table)
     assert chosen.loc[0, "quantization"] == "Q4_K_M"  # smallest keeping >= 95 %; Q4_0 is smaller but keeps 67 %
-    assert edge.recommend(table, keep=0.99).loc[0, "quantization"] == "Q8_0"
-    assert edge.recommend(table, keep=1.01).loc[0, "quantization"] is None
+    assert edge_tables.recommend(table, keep=0.99).loc[0, "quantization"] == "Q8_0"
+    assert edge_tables.recommend(table, keep=1.01).loc[0, "quantization"] is None
 
 
 def test_edge_table_from_saved_results_and_figure(tmp_path):
@@ -167,18 +169,18 @@ def test_edge_table_from_saved_results_and_figure(tmp_path):
         (tmp_path / f"{quant}.json").write_text(json.dumps(profile))
         records.append({"method": "base", "quantization": quant, "eval_dir": eval_dir,
                         "profile": tmp_path / f"{quant}.json"})
-    table = edge.edge_table(records)
+    table = edge_tables.edge_table(records)
     row = table.set_index("quantization").loc["Q4_K_M"]
     assert row["accuracy"] == 0.7 and row["retained"] == pytest.approx(0.875) and row["n_paired"] == 10
     assert row["decode_ms_per_token"] == pytest.approx(1000 / 90) and row["size_mb"] == 230
-    outputs = edge.write_edge_outputs(table, tmp_path / "out", keep=0.85)
+    outputs = edge_tables.write_edge_outputs(table, tmp_path / "out", keep=0.85)
     assert outputs["recommendation"].loc[0, "quantization"] == "Q4_K_M"
     assert all(p.stat().st_size > 1000 for p in outputs["figures"])
     saved = pd.read_csv(tmp_path / "out" / "edge_table.csv")
     assert {"method", "quantization", "pareto", "retained_ci_low", "retained_ci_high"} <= set(saved.columns)
-    title = edge.plot_edge_pareto(outputs["table"]).axes[0].get_title()
+    title = stage_views.plot_edge_pareto(outputs["table"]).axes[0].get_title()
     assert "at 2 threads" in title and "n = 10 entries" in title  # what was measured, on how many entries
-    again = edge.write_edge_outputs(table, tmp_path / "again", keep=0.85)
+    again = edge_tables.write_edge_outputs(table, tmp_path / "again", keep=0.85)
     assert again["figures"][1].read_bytes() == outputs["figures"][1].read_bytes()  # PDF: no creation date
 
 
@@ -192,7 +194,7 @@ def test_a_variant_that_stops_calling_does_not_keep_its_accuracy(tmp_path):
             (eval_dir / "predictions" / f"{category}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in _rows(valid, category)))
         records.append({"method": "sft", "quantization": quant, "eval_dir": eval_dir})
-    row = edge.edge_table(records).set_index("quantization").loc["Q4_K_M"]
+    row = edge_tables.edge_table(records).set_index("quantization").loc["Q4_K_M"]
     assert row["accuracy_all_entries"] == 0.5 and row["irrelevance_accuracy"] == 1.0  # pooled: 0.5 vs F16's 0.2
     assert row["accuracy"] == 0.0 and row["retained"] == 0.0 and row["n"] == 10  # on the entries that expect a call
 
@@ -207,9 +209,9 @@ def test_outputs_from_partial_results(tmp_path):
     (eval_dir / "predictions" / "multiple.jsonl").write_text(json.dumps(_rows([True], "multiple")[0]) + "\n")
     (eval_dir / "metrics.json").write_text(json.dumps({"selected_ids": {"simple_python": ["simple_python_0",
                                                                                          "simple_python_1"]}}))
-    table = edge.edge_table([{"method": "base", "quantization": "F16", "eval_dir": eval_dir}])
+    table = edge_tables.edge_table([{"method": "base", "quantization": "F16", "eval_dir": eval_dir}])
     assert table.loc[0, "n"] == 2
-    outputs = edge.write_edge_outputs(table, tmp_path / "out")
+    outputs = edge_tables.write_edge_outputs(table, tmp_path / "out")
     assert outputs["table"].loc[0, "accuracy"] == 0.5 and not outputs["table"]["pareto"].any()
     assert outputs["recommendation"].loc[0, "quantization"] is None
 
@@ -218,7 +220,7 @@ def test_a_profile_process_reports_its_own_peak_memory_not_its_parents():
     # getrusage's ru_maxrss in a fork + exec'd child starts at the parent's resident size: 08 once reported
     # the notebook kernel's 1.8 GB as the peak of every variant
     ballast = np.ones(2**30 // 8)  # 1 GiB resident in this process when the child is started
-    code = "from tinyllm_utils.results import peak_rss_mb; print(peak_rss_mb())"
+    code = "from tinyllm_utils.core.results import peak_rss_mb; print(peak_rss_mb())"
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     del ballast
     assert 0 < float(child.stdout) < 256  # an interpreter and one small module

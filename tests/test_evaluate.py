@@ -4,13 +4,13 @@ import dataclasses
 import json
 
 import pytest
-from conftest import FakeBackend, render_ground_truth, render_multi_turn_ground_truth
 
-from tinyllm_utils import evaluate as evaluate_module
-from tinyllm_utils.data import load_category
-from tinyllm_utils.evaluate import EvalConfig, evaluate
-from tinyllm_utils.multi_turn import run_multi_turn
-from tinyllm_utils.results import PredictionWriter, read_jsonl
+from conftest import FakeBackend, render_ground_truth, render_multi_turn_ground_truth
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.core.results import PredictionWriter, read_jsonl
+from tinyllm_utils.evaluation import evaluate as evaluate_module
+from tinyllm_utils.evaluation.evaluate import EvalConfig, evaluate
+from tinyllm_utils.evaluation.multi_turn import run_multi_turn
 
 CATEGORIES = ["simple_python", "parallel", "irrelevance"]
 
@@ -109,8 +109,8 @@ def test_multi_turn_loop_executes_and_feeds_back_results(category):
 def test_the_step_limit_ends_the_entry_and_only_missing_turns_fail_it(stuck_turn):
     """As bfcl: a model that keeps calling is stopped after MAXIMUM_STEP_LIMIT + 1 steps; stopped before the
     last turn, the missing turns fail the entry (force_terminated), on the last turn the checker decides."""
-    from tinyllm_utils import bfcl
-    from tinyllm_utils.scoring import score_example
+    from tinyllm_utils.bfcl import shim as bfcl
+    from tinyllm_utils.bfcl.scoring import score_example
 
     example = load_category("multi_turn_base", 1, seed=5)[0]
     truth = render_multi_turn_ground_truth(example)
@@ -132,7 +132,7 @@ def test_the_step_limit_ends_the_entry_and_only_missing_turns_fail_it(stuck_turn
 
 
 def test_rescoring_from_disk_agrees_and_detects_tampering(fake, tmp_path):
-    from tinyllm_utils.evaluate import rescore
+    from tinyllm_utils.evaluation.evaluate import rescore
 
     metrics = evaluate(EvalConfig(categories=["simple_python", "irrelevance"], limit=3), tmp_path, progress=False)
     assert rescore(tmp_path)["changed"] == []

@@ -1,4 +1,4 @@
-"""GGUF export (tinyllm_utils.export): a trained Gemma 3 checkpoint becomes a GGUF that llama.cpp runs like
+"""GGUF export (tinyllm_utils.train.export): a trained Gemma 3 checkpoint becomes a GGUF that llama.cpp runs like
 the baseline. The tiny random Gemma 3 (tests/tiny_model.py, real gemma-3-270m tokenizer) is exported and
 compared with the embedded gemma-3-270m GGUF's metadata and vocabulary, with the Hugging Face tokenizer on
 BFCL prompts, and with transformers' greedy output. The same check on the real 270M (de-quantized) is
@@ -11,10 +11,10 @@ import os
 import numpy as np
 import pytest
 
-from tinyllm_utils.data import load_category
-from tinyllm_utils.export import export_gguf, greedy_parity
-from tinyllm_utils.prompts import first_turn_messages, format_prompt
-from tinyllm_utils.registry import resolve_model
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.models.prompts import first_turn_messages, format_prompt
+from tinyllm_utils.models.registry import resolve_model
+from tinyllm_utils.train.export import export_gguf, greedy_parity
 
 CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple"]
 # Descriptive keys of the published file that a trained checkpoint has no value for.
@@ -146,9 +146,9 @@ def test_refuses_other_architectures(tmp_path):
 def test_real_gemma_270m_parity(tmp_path):
     """The de-quantized embedded gemma-3-270m, exported to F16: greedy text equals transformers' (F32) or
     first differs at a near-tie (logit gap below 0.5)."""
-    from tinyllm_utils.backends import _embedded_hf_copy
+    from tinyllm_utils.models.embedded import embedded_hf_copy
 
-    checkpoint = _embedded_hf_copy(resolve_model("gemma-3-270m"))
+    checkpoint = embedded_hf_copy(resolve_model("gemma-3-270m"))
     path = export_gguf(checkpoint, tmp_path / "gemma-3-270m-f16.gguf")
     rows = greedy_parity(checkpoint, path, _prompts(1), max_new_tokens=32)
     assert all(r["equal"] or r["ids_equal"] or abs(r["gap"]) < 0.5 for r in rows), rows

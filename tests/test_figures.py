@@ -1,5 +1,5 @@
 """Every figure function on the fixture outputs tree, stage-01 tables on selected rows only, and the
-regeneration command (`python -m tinyllm_utils.figures --run ... --out ...`)."""
+regeneration command (`python -m tinyllm_utils.analysis.figures --run ... --out ...`)."""
 
 import importlib.util
 import shutil
@@ -10,7 +10,8 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from tinyllm_utils import analysis, figures
+from tinyllm_utils.analysis import figures, reference, runs, stage_views
+from tinyllm_utils.stages import analysis as analysis_stage
 
 TREE = Path(__file__).parent / "fixtures" / "outputs_tree" / "make_tree.py"
 FIGURES = ["category_heatmap", "method_ablation", "multi_turn_vs_params", "accuracy_vs_training_compute",
@@ -28,9 +29,9 @@ def outputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tables(outputs):
     run = outputs / "quick"
-    evaluations = analysis.find_evaluations(run)
-    return {"results": analysis.collect(run, n_resamples=200), "entries": analysis.entries(evaluations),
-            "curves": analysis.training_curves(run)}
+    evaluations = runs.find_evaluations(run)
+    return {"results": runs.collect(run, n_resamples=200), "entries": runs.entries(evaluations),
+            "curves": runs.training_curves(run)}
 
 
 def titles(fig) -> str:
@@ -75,19 +76,19 @@ def test_training_curves_read_the_trainer_log(tables):
 
 def test_stage_01_tables_use_the_selected_rows_only(outputs):
     stage = outputs / "quick" / "01_baseline_evaluation"
-    failures = figures.failure_mode_table(stage)
+    failures = stage_views.failure_mode_table(stage)
     # the reused folder holds 6 predictions per category, 3 selected
     assert failures.loc["qwen3-0.6b"].sum(axis=1).tolist() == [3, 3]
-    metrics = figures.metrics_table(stage)
+    metrics = stage_views.metrics_table(stage)
     assert set(metrics["model"]) == {"gemma-3-270m", "xlam-2-1b-fc-r", "qwen3-0.6b"}  # hub id nested deeper
     for model, group in metrics.groupby("model"):
         assert failures.loc[model].sum(axis=1).sum() == group["n"].sum()
-    text = figures.baseline_findings(metrics, failures)
+    text = stage_views.baseline_findings(metrics, failures)
     assert "**qwen3-0.6b**" in text and "(6 entries)" in text
 
 
 def test_cli_rebuilds_everything_from_files_and_prints_wall_time(outputs, tmp_path, capsys):
-    figures.main(["--run", str(outputs / "quick"), "--out", str(tmp_path), "--n-resamples", "200"])
+    analysis_stage.main(["--run", str(outputs / "quick"), "--out", str(tmp_path), "--n-resamples", "200"])
     out = capsys.readouterr().out
     assert "figures: rebuilt" in out and out.strip().endswith(" s")
     written = {Path(line).name for line in out.splitlines() if line.startswith(str(tmp_path))}
@@ -98,27 +99,27 @@ def test_cli_rebuilds_everything_from_files_and_prints_wall_time(outputs, tmp_pa
                  "baseline_findings.md"):
         assert (tmp_path / name).exists(), name
     assert "## Missing (a stage that did not run; not an error)\n\n- none" in (tmp_path / "figures_status.md").read_text()
-    ours = analysis.collect(outputs / "quick", n_resamples=50)["key"].nunique()
+    ours = runs.collect(outputs / "quick", n_resamples=50)["key"].nunique()
     table = (tmp_path / "table_iv.csv").read_text().splitlines()
-    assert len(table) == 1 + ours + len(analysis.load_reference_rows())
+    assert len(table) == 1 + ours + len(reference.load_reference_rows())
 
 
 def test_stages_that_did_not_run_are_reported_missing(outputs, tmp_path):
     only_baseline = tmp_path / "run"
     shutil.copytree(outputs / "smoke", only_baseline)
-    written = figures.make_figures(only_baseline, tmp_path / "out", n_resamples=200)
+    written = analysis_stage.make_figures(only_baseline, tmp_path / "out", n_resamples=200)
     status = (tmp_path / "out" / "figures_status.md").read_text()
     for name in ("accuracy_vs_training_compute", "training_curves", "accuracy_latency_memory"):
         assert f"- {name}:" in status and not (tmp_path / "out" / f"{name}.png").exists()
     assert (tmp_path / "out" / "category_heatmap.png") in written
     empty = tmp_path / "empty"
     empty.mkdir()
-    figures.make_figures(empty, tmp_path / "out2", n_resamples=200)  # nothing ran: reported, no exception
+    analysis_stage.make_figures(empty, tmp_path / "out2", n_resamples=200)  # nothing ran: reported, no exception
     assert "baseline figures and tables" in (tmp_path / "out2" / "figures_status.md").read_text()
 
 
 def test_import_leaves_the_matplotlib_backend_alone():
-    code = ("import matplotlib; matplotlib.use('pdf'); import tinyllm_utils.figures; "
+    code = ("import matplotlib; matplotlib.use('pdf'); import tinyllm_utils.analysis.figures; "
             "print(matplotlib.get_backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "pdf"

@@ -7,12 +7,12 @@ import math
 import pytest
 
 from conftest import first_option
-from tinyllm_utils.data import load_category
-from tinyllm_utils.evaluate import EvalConfig, evaluate
-from tinyllm_utils.grammar import GRAMMAR_VERSION, call_list_grammar
-from tinyllm_utils.registry import resolve_model
-from tinyllm_utils.results import read_jsonl
-from tinyllm_utils.scoring import score_example
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.bfcl.grammar import GRAMMAR_VERSION, call_list_grammar
+from tinyllm_utils.bfcl.scoring import score_example
+from tinyllm_utils.core.results import read_jsonl
+from tinyllm_utils.evaluation.evaluate import EvalConfig, evaluate
+from tinyllm_utils.models.registry import resolve_model
 
 llama_cpp = pytest.importorskip("llama_cpp")
 GEMMA = resolve_model("gemma-3-270m")
@@ -177,8 +177,8 @@ def test_grammar_off_leaves_the_prediction_keys_as_they_were():
 
 def test_multi_turn_steps_are_constrained_to_the_functions_offered_so_far():
     """A held-out function enters the grammar at the turn that offers it, not before."""
-    from tinyllm_utils.backends import Generation
-    from tinyllm_utils.multi_turn import run_multi_turn
+    from tinyllm_utils.backends.base import Generation
+    from tinyllm_utils.evaluation.multi_turn import run_multi_turn
 
     (example,) = load_category("multi_turn_miss_func", 1, 0)
     ((turn, (held_out, *_)),) = example.entry["missed_function"].items()

@@ -9,15 +9,16 @@ from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
-from conftest import FakeBackend, render_ground_truth, render_multi_turn_ground_truth
 
-from tinyllm_utils import bfcl, model_families
-from tinyllm_utils.data import load_category
-from tinyllm_utils.decoding import DecodeError, decode_python, to_execution_calls
-from tinyllm_utils.multi_turn import run_multi_turn
-from tinyllm_utils.prompts import entry_prompt
-from tinyllm_utils.registry import ModelSpec, UnpinnedModelError, load_registry, resolve_model
-from tinyllm_utils.scoring import score_example
+from conftest import FakeBackend, render_ground_truth, render_multi_turn_ground_truth
+from tinyllm_utils.bfcl import shim as bfcl
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.bfcl.decoding import DecodeError, decode_python, to_execution_calls
+from tinyllm_utils.bfcl.scoring import score_example
+from tinyllm_utils.evaluation.multi_turn import run_multi_turn
+from tinyllm_utils.models import dry_run, families
+from tinyllm_utils.models.families import entry_prompt
+from tinyllm_utils.models.registry import ModelSpec, UnpinnedModelError, load_registry, resolve_model
 
 
 def test_checkpoint_folder_carries_its_spec(tmp_path):
@@ -72,12 +73,12 @@ def test_registry_names_mode_family_and_parser():
                 "gemma-3-270m": ("prompting", "gemma", "python_ast")}
     for name, (mode, family, parser) in expected.items():
         spec = resolve_model(name)
-        assert (spec.mode, spec.family, model_families.parser_name(spec)) == (mode, family, parser), name
+        assert (spec.mode, spec.family, families.parser_name(spec)) == (mode, family, parser), name
     # The hub id takes the registry entry (FC for xLAM); for Qwen3 the prompting one, as bfcl's name without -FC.
     assert resolve_model("Salesforce/xLAM-2-1b-fc-r").name == "xlam-2-1b-fc-r"
     assert resolve_model("Qwen/Qwen3-1.7B").mode == "prompting"
     unlisted = resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")  # the thin generic path
-    assert (unlisted.mode, unlisted.family, model_families.parser_name(unlisted)) == ("prompting", "generic",
+    assert (unlisted.mode, unlisted.family, families.parser_name(unlisted)) == ("prompting", "generic",
                                                                                      "python_ast")
 
 
@@ -118,12 +119,12 @@ def test_paper_profile_refuses_unpinned_hub_models():
 
 def test_inconsistent_entries_are_refused():
     with pytest.raises(ValueError, match="fc mode"):
-        model_families.check_spec(ModelSpec("x", "hub", "chat_template", mode="prompting", family="qwen_fc"))
+        families.check_spec(ModelSpec("x", "hub", "chat_template", mode="prompting", family="qwen_fc"))
     with pytest.raises(ValueError, match="thinking family"):
-        model_families.check_spec(ModelSpec("x", "hub", "chat_template", mode="fc", family="xlam",
+        families.check_spec(ModelSpec("x", "hub", "chat_template", mode="fc", family="xlam",
                                             reasoning="strip_think"))
     with pytest.raises(ValueError, match="unknown family"):
-        model_families.check_spec(ModelSpec("x", "hub", "chat_template", family="mistral"))
+        families.check_spec(ModelSpec("x", "hub", "chat_template", family="mistral"))
 
 
 # --- prompts: the string bfcl's own handler sends ---------------------------------------------------------
@@ -152,12 +153,12 @@ def spec_of(family: str) -> ModelSpec:
 
 def bfcl_prompts(spec: ModelSpec, entry: dict, replies) -> list[str]:
     """Every prompt bfcl's own `inference` sends for `entry` (single- or multi-turn), its server faked."""
-    handler = bfcl.local_inference_handler(model_families.family_of(spec).handler, model_name=spec.hf_id)
+    handler = bfcl.local_inference_handler(families.family_of(spec).handler, model_name=spec.hf_id)
     sent, replies = [], iter(replies)
 
     def create(**request):
         sent.append(request["prompt"])
-        return model_families._completion(next(replies))
+        return families._completion(next(replies))
 
     handler.client = SimpleNamespace(completions=SimpleNamespace(create=create))
     handler.tokenizer, handler.max_context_length = SimpleNamespace(tokenize=str.split), 10**9
@@ -225,7 +226,7 @@ def test_multi_turn_history_is_kept_as_bfcl_keeps_it(family, category):
 # --- parsers: each family's syntax to calls, hostile text to errors ---------------------------------------
 
 def parse(family_or_model: str, text: str, language: str = "python"):
-    return model_families.parser_for(resolve_model(family_or_model))(text, language)
+    return families.parser_for(resolve_model(family_or_model))(text, language)
 
 
 def test_family_outputs_decode_to_the_same_calls():
@@ -244,10 +245,10 @@ def test_qwen3_reasoning_is_stripped():
     assert parse("qwen3-1.7b", thought + "[calc_area(base=10, height=5)]") == [{"calc_area": {"base": 10, "height": 5}}]
     # Without stripping, the reasoning is what a Python decoder sees.
     with pytest.raises(DecodeError):
-        model_families.PARSERS["python_ast"](thought + "[calc_area(base=10, height=5)]", "python")
+        families.PARSERS["python_ast"](thought + "[calc_area(base=10, height=5)]", "python")
     with pytest.raises(DecodeError, match="reasoning not finished"):
         parse("qwen3-1.7b", "<think>\nOkay, the user wants the area. I should")
-    assert model_families.strip_think(thought + "answer") == "answer"
+    assert families.strip_think(thought + "answer") == "answer"
 
 
 BENIGN = {
@@ -267,9 +268,9 @@ def test_study_parsing_agrees_with_bfcl_on_benign_output(family):
     from bfcl_eval.constants.enums import ReturnFormat
 
     spec = spec_of(family)
-    bfcl_handler = bfcl.local_inference_handler(model_families.family_of(spec).handler, model_name=spec.hf_id)
+    bfcl_handler = bfcl.local_inference_handler(families.family_of(spec).handler, model_name=spec.hf_id)
     for text in BENIGN[family]:
-        ours = model_families.parser_for(spec)(text, "python")
+        ours = families.parser_for(spec)(text, "python")
         assert ours == bfcl_handler.decode_ast(text, ReturnFormat.PYTHON, False)
         executed, refused = to_execution_calls(ours, {"calc_area", "f", "g"})
         assert not refused
@@ -302,7 +303,7 @@ HOSTILE = {
 def test_hostile_output_is_never_run(family, tmp_path, monkeypatch):
     """Each hostile reply is a DecodeError, or calls whose names/values stay inert data for the executor."""
     monkeypatch.chdir(tmp_path)
-    parser = model_families.parser_for(spec_of(family))
+    parser = families.parser_for(spec_of(family))
     for text in HOSTILE[family]:
         try:
             calls = parser(text, "python")
@@ -316,7 +317,7 @@ def test_hostile_output_is_never_run(family, tmp_path, monkeypatch):
 
 
 def test_hostile_names_and_values_stay_data():
-    parser = model_families.parser_for(resolve_model("xlam-2-1b-fc-r"))
+    parser = families.parser_for(resolve_model("xlam-2-1b-fc-r"))
     name_attack, value_attack = HOSTILE["xlam"][:2]
     refused = ["__import__('os').system('touch CANARY')"]
     assert to_execution_calls(parser(name_attack, "python"), {"cd"}) == ([], refused)
@@ -325,15 +326,15 @@ def test_hostile_names_and_values_stay_data():
 
 
 def test_a_wrong_shape_never_scores_and_counts_as_a_call_only_where_bfcl_finds_one():
-    with pytest.raises(model_families.CallShapeError):
+    with pytest.raises(families.CallShapeError):
         parse("xlam-2-1b-fc-r", '[{"name": "cd", "arguments": "rm -rf /"}]')
     irrelevance = load_category("irrelevance", 1)[0]
-    parser = model_families.parser_for(resolve_model("xlam-2-1b-fc-r"))
+    parser = families.parser_for(resolve_model("xlam-2-1b-fc-r"))
     # bfcl decodes [{"cd": "x"}], and its relevance runner's is_empty_output calls that no call (not
     # {name: {args}}): right for irrelevance, as there
     assert score_example(irrelevance, '[{"name": "cd", "arguments": "x"}]', parser)["valid"]
     # a numeric name keeps bfcl's {name: {args}} shape: a call for bfcl, so wrong for irrelevance here too
-    with pytest.raises(model_families.CallShapeError) as refused:
+    with pytest.raises(families.CallShapeError) as refused:
         parse("xlam-2-1b-fc-r", '[{"name": 7, "arguments": {}}]')
     assert refused.value.bfcl_decodes
     assert not score_example(irrelevance, '[{"name": 7, "arguments": {}}]', parser)["valid"]
@@ -353,7 +354,7 @@ def as_qwen_fc(text: str) -> str:
 
 @pytest.mark.parametrize("model,render", [("xlam-2-1b-fc-r", as_xlam), ("qwen3-1.7b-fc", as_qwen_fc)])
 def test_fc_answers_score_with_bfcls_checker(model, render, sample):
-    parser = model_families.parser_for(resolve_model(model))
+    parser = families.parser_for(resolve_model(model))
     for category in ("simple_python", "parallel_multiple", "live_multiple"):
         for example in sample(category, 3):
             text = render(render_ground_truth(example.ground_truth))
@@ -367,7 +368,7 @@ def test_fc_answers_score_with_bfcls_checker(model, render, sample):
 
 def test_fc_multi_turn_scores_with_bfcls_checker():
     example = load_category("multi_turn_base")[0]
-    parser = model_families.parser_for(resolve_model("xlam-2-1b-fc-r"))
+    parser = families.parser_for(resolve_model("xlam-2-1b-fc-r"))
     raw = [[as_xlam(step) if step.startswith("[") else step for step in turn]
            for turn in render_multi_turn_ground_truth(example)]
     assert score_example(example, raw, parser)["valid"]
@@ -377,20 +378,20 @@ def test_fc_multi_turn_scores_with_bfcls_checker():
 # --- dry run ----------------------------------------------------------------------------------------------
 
 def test_dry_run_shows_fc_path_without_weights():
-    report = model_families.dry_run("Salesforce/xLAM-2-1b-fc-r")
+    report = dry_run.dry_run("Salesforce/xLAM-2-1b-fc-r")
     assert "mode:      fc" in report and "bfcl salesforce_qwen.SalesforceQwenHandler" in report
     assert "parser:    xlam_json" in report and "not pinned" in report
     entry = load_category("simple_python")[0].entry
     assert report.endswith(entry_prompt(entry, resolve_model("xlam-2-1b-fc-r")))
-    qwen = model_families.dry_run("qwen3-1.7b", "multi_turn_base")
+    qwen = dry_run.dry_run("qwen3-1.7b", "multi_turn_base")
     assert "strip_think+python_ast" in qwen and "max_new_tokens 4096" in qwen and "70d244cc" in qwen
-    generic = model_families.dry_run("tinyllama-1.1b-chat")
+    generic = dry_run.dry_run("tinyllama-1.1b-chat")
     assert "chat template" in generic and "family:    generic" in generic
 
 
 def test_run_json_names_mode_and_parser(tmp_path, monkeypatch):
     """evaluate() in FC mode: prompts from the handler, raw text scored by the family's parser, recorded."""
-    from tinyllm_utils import evaluate as evaluate_module
+    from tinyllm_utils.evaluation import evaluate as evaluate_module
 
     example = load_category("simple_python", 1)[0]
     answer = as_xlam(render_ground_truth(example.ground_truth))

@@ -23,9 +23,11 @@ import psutil
 import pytest
 from datasets import load_from_disk
 
-from tinyllm_utils.notebooks import unsynced_cells
-from tinyllm_utils.pipeline import NOTEBOOK_DIR, PROJECT_ROOT, STAGES, resolve_profile, run_pipeline
-from tinyllm_utils.results import read_jsonl
+from tinyllm_utils.core.notebooks import unsynced_cells
+from tinyllm_utils.core.params import PROJECT_ROOT
+from tinyllm_utils.core.profiles import NOTEBOOK_DIR, STAGES, resolve_profile
+from tinyllm_utils.core.results import read_jsonl
+from tinyllm_utils.pipeline import run_pipeline
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 SMOKE = resolve_profile("smoke")["stages"]
@@ -154,7 +156,7 @@ def test_every_trained_model_is_evaluated_like_the_baseline(reference):
             assert selected and all(selected[c] == baseline_ids[c] for c in selected)  # the same entries
     assert {"sft-lora", "dpo", "sft→dpo", "sft→grpo"} <= set(labels), sorted(labels)
     assert labels["sft→dpo"]["parent"] == "04_sft/sft-lora/final"  # its path in the run: outputs may move
-    analysis = reference / "07_analysis"
+    analysis = reference / "08_analysis"
     assert "overall (v3 scoring)" in (analysis / "table_iv.md").read_text()
     assert (analysis / "findings.md").exists()
     results = pd.read_parquet(analysis / "results.parquet").drop_duplicates("key").set_index("method")
@@ -185,12 +187,12 @@ def test_upstream_change_reruns_exactly_the_stages_downstream(reference, tmp_pat
     assert "01_baseline_evaluation: skipped (done)" in out
     assert "02_data_filtering: rerun (max_distractors: 3 -> 2)" in out
     # everything computed from the old 02 is set aside at once, also the stages this call does not run
-    for later in ("03_pair_construction", "04_sft", "05_dpo", "06_hybrid", "07_analysis"):
+    for later in ("03_pair_construction", "04_sft", "05_dpo", "06_hybrid", "08_analysis"):
         assert f"02_data_filtering: {later} was computed from its previous results: set aside" in out
     assert "03_pair_construction: run ->" in out
     stale = sorted(p.name for p in (root / "reference" / ".stale").iterdir())
     assert [name.rsplit("-", 1)[0] for name in stale] == ["02_data_filtering", "03_pair_construction", "04_sft",
-                                                          "05_dpo", "06_hybrid", "07_analysis"]
+                                                          "05_dpo", "06_hybrid", "08_analysis"]
     assert sorted(p.name for p in (root / "reference").iterdir() if p.is_dir()) == [
         ".stale", *FIRST_THREE]  # 04-07 wait for a rerun; nothing stale is left where a reader looks
 

@@ -6,13 +6,15 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-from conftest import FakeBackend
 
-from tinyllm_utils import pairs
-from tinyllm_utils.data import load_category
-from tinyllm_utils.prompts import first_turn_messages, format_prompt
-from tinyllm_utils.registry import ModelUnavailableError, resolve_model
-from tinyllm_utils.scoring import score_single_turn
+from conftest import FakeBackend
+from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.bfcl.scoring import score_single_turn
+from tinyllm_utils.data import pairs
+from tinyllm_utils.models.prompts import first_turn_messages, format_prompt
+from tinyllm_utils.models.registry import ModelUnavailableError, resolve_model
+from tinyllm_utils.stages import pair_construction
 
 PROSE = "I would call a function for that."
 
@@ -31,7 +33,7 @@ def candidates(stage02):
 
 
 def _config(**overrides):
-    return pairs.PairConfig(**{"limit": None, "batch_size": 4, **overrides})
+    return pair_construction.PairConfig(**{"limit": None, "batch_size": 4, **overrides})
 
 
 def _generate(rows, reply, config=None, cache=None):
@@ -166,9 +168,9 @@ def test_a_review_inside_the_stage_folder_is_refused_not_read_blank(tmp_path):
     stage_dir = tmp_path / "run" / "03_pair_construction"
     inside = stage_dir / "review_sample.csv"
     with pytest.raises(ValueError, match="inside the stage's folder .* copy it out"):
-        pairs.run_stage(_config(review_csv=str(inside)), stage_dir)
+        pair_construction.run_stage(_config(review_csv=str(inside)), stage_dir)
     with pytest.raises(FileNotFoundError, match="review_csv .*no such file"):
-        pairs.run_stage(_config(review_csv=str(tmp_path / "missing.csv")), stage_dir)
+        pair_construction.run_stage(_config(review_csv=str(tmp_path / "missing.csv")), stage_dir)
     outside = tmp_path / "run" / "review.csv"
     outside.parent.mkdir(parents=True)
     outside.write_text("pair_id,verdict\n")
@@ -255,7 +257,7 @@ def test_unknown_rejecter_or_kind_is_a_clear_error(candidates):
     with pytest.raises(ModelUnavailableError, match="unknown model 'no-such-model'"):
         pairs.generate_rejections(candidates[:1], _config(rejecter="no-such-model"), progress=False)
     with pytest.raises(ValueError, match="unknown synthetic kinds"):
-        pairs.PairConfig(synthetic_kinds=["typo"])
+        pair_construction.PairConfig(synthetic_kinds=["typo"])
 
 
 def test_a_synthetic_candidate_the_checker_accepts_is_not_kept(candidates, monkeypatch):
@@ -295,6 +297,6 @@ def test_statistics_tables_and_figure(candidates):
     assert table["total"].sum() == len(built) and table["share %"].sum() == pytest.approx(100, abs=0.5)
     assert pairs.error_table(built)["pairs"].sum() == len(built)
     assert pairs.outcome_table(outcomes).loc["irrelevance", "correct"] == 4
-    fig = pairs.plot_pair_stats(pairs.pair_stats(built))
+    fig = stage_views.plot_pair_stats(pairs.pair_stats(built))
     heights = sum(bar.get_height() for bar in fig.axes[0].patches)
     assert heights == len(built)

@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-from tinyllm_utils import bfcl, pairs
-from tinyllm_utils.data import load_category
-from tinyllm_utils.prompts import first_turn_messages, format_prompt
-from tinyllm_utils.registry import resolve_model
-from tinyllm_utils.training_data import apply_length_limits, possible_answer_as_calls, prompt_of, row_entry, \
-    row_example
+from tinyllm_utils.bfcl import shim as bfcl
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.data import pairs
+from tinyllm_utils.data.rows import apply_length_limits, possible_answer_as_calls, prompt_of, row_entry, row_example
+from tinyllm_utils.models.prompts import first_turn_messages, format_prompt
+from tinyllm_utils.models.registry import resolve_model
 
 CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
 HINT = " Note that the provided function is in Python 3 syntax."

@@ -3,9 +3,9 @@
 import pytest
 from bfcl_eval.constants.default_prompts import PROMPT_STYLE_TEMPLATES
 
-from tinyllm_utils.data import load_category
-from tinyllm_utils.prompts import first_turn_messages, format_example, format_gemma, format_prompt
-from tinyllm_utils.registry import resolve_model
+from tinyllm_utils.bfcl.data import load_category
+from tinyllm_utils.models.prompts import first_turn_messages, format_example, format_gemma, format_prompt
+from tinyllm_utils.models.registry import resolve_model
 
 
 def test_system_prompt_comes_from_bfcl_and_is_folded_into_first_user_turn():

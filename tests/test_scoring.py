@@ -1,10 +1,10 @@
 """Checker wiring: ground truth fed as model text scores 100 %; wrong answers fail; no state leaks."""
 
 import pytest
-from conftest import render_c_family_ground_truth, render_ground_truth, render_multi_turn_ground_truth
 
-from tinyllm_utils.data import MULTI_TURN_CATEGORIES, SINGLE_TURN_CATEGORIES, load_category
-from tinyllm_utils.scoring import failure_mode, score_example
+from conftest import render_c_family_ground_truth, render_ground_truth, render_multi_turn_ground_truth
+from tinyllm_utils.bfcl.data import MULTI_TURN_CATEGORIES, SINGLE_TURN_CATEGORIES, load_category
+from tinyllm_utils.bfcl.scoring import failure_mode, score_example
 
 AST_CATEGORIES = [c for c in SINGLE_TURN_CATEGORIES if "relevance" not in c]
 

@@ -15,13 +15,19 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 
-from tinyllm_utils.backends import END_OF_TURN, LlamaCppBackend, make_backend
-from tinyllm_utils.registry import resolve_model
-from tinyllm_utils.server_backend import (LocalLlamaServer, OpenAICompatBackend, ServerRequestError,
-                                          ServerSettings, ServerUnavailableError)
+from tinyllm_utils.backends.base import END_OF_TURN
+from tinyllm_utils.backends.factory import make_backend
+from tinyllm_utils.backends.llama_cpp import LlamaCppBackend
+from tinyllm_utils.backends.server import (
+    LocalLlamaServer,
+    OpenAICompatBackend,
+    ServerRequestError,
+    ServerSettings,
+    ServerUnavailableError,
+)
+from tinyllm_utils.models.registry import resolve_model
 
 SPEC = resolve_model("gemma-3-270m")
 
@@ -186,8 +192,8 @@ def llama_server(tmp_path):
 
 
 def _sample_prompts() -> list[str]:
-    from tinyllm_utils.data import load_category
-    from tinyllm_utils.prompts import entry_prompt
+    from tinyllm_utils.bfcl.data import load_category
+    from tinyllm_utils.models.families import entry_prompt
 
     examples = load_category("simple_python", 2, 0) + load_category("irrelevance", 1, 0)
     return [entry_prompt(e.entry, SPEC) for e in examples]
@@ -207,8 +213,8 @@ def test_server_predictions_match_the_in_process_backend(llama_server):
 
 
 def test_killed_server_stops_the_run_clearly_and_a_rerun_completes(llama_server, tmp_path, monkeypatch):
-    from tinyllm_utils.evaluate import EvalConfig, evaluate
-    from tinyllm_utils.results import read_jsonl
+    from tinyllm_utils.core.results import read_jsonl
+    from tinyllm_utils.evaluation.evaluate import EvalConfig, evaluate
 
     config = EvalConfig(categories=["simple_python"], limit=3, backend="openai", max_new_tokens=12, batch_size=1,
                         stop_when_hopeless=False)

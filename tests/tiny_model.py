@@ -25,7 +25,7 @@ TINY_CONFIG = dict(
 
 
 def _tokenizer_folders() -> list[Path]:
-    from tinyllm_utils.registry import CACHE_DIR
+    from tinyllm_utils.models.registry import CACHE_DIR
 
     default = Path.home() / ".cache" / "tinyllm_utils"
     roots = [CACHE_DIR] + ([default] if default != CACHE_DIR else [])
@@ -40,7 +40,7 @@ def gemma_tokenizer():
     for folder in _tokenizer_folders():
         if (folder / "tokenizer.json").exists():
             return AutoTokenizer.from_pretrained(str(folder))
-    from tinyllm_utils.registry import CACHE_DIR, resolve_model
+    from tinyllm_utils.models.registry import CACHE_DIR, resolve_model
 
     gguf = resolve_model("gemma-3-270m").gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -1,0 +1,52 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import json
+
+from tinyllm_utils.models.families import (
+    PARSER_SOURCES,
+    family_of,
+    parser_name,
+    raw_answer_is_call_list,
+    render_entry,
+    scoring_path,
+)
+
+# --- dry run ----------------------------------------------------------------------------------------------
+
+def dry_run(model: str, category: str = "simple_python") -> str:
+    """What an evaluation of `model` would do, without weights or a tokenizer: mode, family, bfcl handler,
+    parser, revision and the rendered prompt of the category's first BFCL entry."""
+    from tinyllm_utils.bfcl.data import is_multi_turn, load_category
+    from tinyllm_utils.models.registry import resolve_model
+
+    spec = resolve_model(model)
+    family = family_of(spec)
+    example = load_category(category)[0]
+    lines = [
+        f"model:     {spec.name} ({spec.source}{', ' + spec.hf_id if spec.hf_id else ''})",
+        f"revision:  {spec.revision or 'not pinned (refused by the paper profile)'}",
+        f"BFCL row:  {spec.bfcl_name or 'none (not on the leaderboard)'}",
+        f"mode:      {spec.mode}",
+        f"family:    {family.key} ({family.note})",
+        f"handler:   {('bfcl ' + family.handler) if family.handler else 'none (bfcl has no handler for this family)'}",
+        f"parser:    {parser_name(spec)} = {PARSER_SOURCES[family.parser]}",
+        f"reasoning: {spec.reasoning}",
+        f"early stop (Python categories): {'on' if raw_answer_is_call_list(spec) else 'off'}",
+        f"run.json:  {scoring_path(spec)}",
+    ]
+    if spec.reasoning == "strip_think":
+        lines.append("note:      the model reasons before answering; bfcl allows 4096 new tokens "
+                     "(--max_new_tokens 4096), the default 256 ends most answers inside <think>")
+    turn = " (first turn of a multi-turn entry)" if is_multi_turn(category) else ""
+    if family.render == "chat_template":
+        from tinyllm_utils.models.prompts import first_turn_messages
+
+        lines.append(f"prompt of {example.id}{turn}: rendered at run time by the tokenizer's chat template "
+                     "from these messages:")
+        lines.append(json.dumps(first_turn_messages(example.entry)[0], indent=2))
+    else:
+        lines.append(f"prompt of {example.id}{turn} (the tokenizer adds BOS):")
+        lines.append(render_entry(example.entry, spec))
+    return "\n".join(lines)
