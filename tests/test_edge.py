@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tinyllm_utils.analysis import stats
+from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.analysis import stats as edge_stats
 from tinyllm_utils.edge import profile, quantize
 from tinyllm_utils.edge import table as edge_tables
 from tinyllm_utils.models.registry import resolve_model
