@@ -1,13 +1,15 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+, no GPU, no model hub needed):
 #   make reproduce   install, run the main job (profile `quick`) on the embedded gemma-3-270m, rebuild figures
-#   make test        install, run the unit tests, nbval on notebooks 01-03 and 07, and the smoke pipeline (01-07)
+#   make test        install, run the fast tier: unit and integration tests on tiny models, nbval on notebooks 01-03, 08
+#   make test-all    install, run every test: the fast tier's tests, the slow ones on the embedded model, and the smoke
+#                    pipeline with its kill-and-resume tests (which execute every notebook, so nbval is not repeated)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 RUN_ID ?= $(PROFILE)
 TORCH ?= torch==2.13.0
 
-.PHONY: install reproduce test figures benchmark clean-venv
+.PHONY: install reproduce test test-all figures benchmark clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,7 +25,7 @@ install: $(VENV)/.installed
 
 reproduce: install
 	$(PY) -m tinyllm_utils.pipeline --profile $(PROFILE) --run-id $(RUN_ID)
-	$(PY) -m tinyllm_utils.analysis.figures --run outputs/$(RUN_ID) --out paper_figures
+	$(PY) -m tinyllm_utils.stages.analysis --run outputs/$(RUN_ID) --out paper_figures
 
 # nbval runs the notebooks whose smoke workload is cheap on their own; the smoke pipeline test runs every stage.
 NBVAL_NOTEBOOKS := notebooks/01_baseline_evaluation.ipynb notebooks/02_data_filtering.ipynb \
@@ -33,7 +35,7 @@ test: install
 	$(PY) -m pytest tests $(NBVAL_NOTEBOOKS) --nbval-lax -p no:cacheprovider
 
 figures: install
-	$(PY) -m tinyllm_utils.analysis.figures --run outputs/$(RUN_ID) --out paper_figures
+	$(PY) -m tinyllm_utils.stages.analysis --run outputs/$(RUN_ID) --out paper_figures
 
 benchmark: install
 	$(PY) benchmarks/eval_throughput.py

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/end_of_turn_logprob.py outputs/quick/04_sft/sft-lora/final gemma-3-270m \
         --dataset outputs/quick/02_data_filtering/dataset --rows 8
 
-Base gemma-3-270m gives the end-of-turn token about -35 after a call, and LoRA leaves its (tied) embedding row
-frozen; until SFT lifts it near 0, answers run on past the call and the checker rejects them. Rows are stage-02
+Base gemma-3-270m gives the end-of-turn token a very low log-prob after a call, and LoRA leaves its (tied)
+embedding row frozen; unless SFT lifts it near 0, answers run on past the call and the checker rejects them. Rows are stage-02
 training rows in the evaluation format (trainers.sft_dataset), scored with the model's own full logits.
 """
 

@@ -17,7 +17,7 @@ evaluation format. LoRA r 16 on all linear layers unless the variant says full f
 
 Each variant runs in its own process (peak RSS: that child's VmHWM, see results.peak_rss_mb); a step's time is the
 median over `--steps` measured steps after `--warmup` untimed ones (default 1). tokens/s counts every token of the batch
-(prompt + answer; for GRPO prompt + generated). The CPU is shared with other jobs: figures are pessimistic.
+(prompt + answer; for GRPO prompt + generated). On a CPU shared with other jobs the figures are pessimistic.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ FUNCTIONS = [{"name": f"tool_{i}", "description": f"Tool number {i}: looks thing
 def _rows(tokenizer, prompt_tokens: int, answer_tokens: int, n: int) -> list[dict]:
     """Stage-02-shaped rows whose formatted prompt (with BOS) / answer (with end of turn) have the requested
     token counts: function docs are added, then filler words, until the prompt is long enough."""
+    from tinyllm_utils.models.prompts import answer_text
     from tinyllm_utils.train import trainers
 
     def count(text):
@@ -51,7 +52,7 @@ def _rows(tokenizer, prompt_tokens: int, answer_tokens: int, n: int) -> list[dic
     def answer(filler):
         calls = [{"tool_0": {"query": "weather in Paris tomorrow" + " please" * filler, "limit": 3}},
                  {"tool_1": {"query": "flights from Oslo to Rome", "limit": 5}}]
-        return calls, trainers.answer_text(calls) + trainers.END_OF_TURN
+        return calls, answer_text(calls) + trainers.END_OF_TURN
 
     rows = []
     for i in range(n):

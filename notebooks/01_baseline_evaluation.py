@@ -49,7 +49,7 @@ stage_dir = "outputs/smoke/01_baseline_evaluation"
 import pandas as pd
 from IPython.display import Markdown, display
 
-from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.analysis import baseline_views
 from tinyllm_utils.bfcl import aggregate
 from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
 from tinyllm_utils.models.registry import ModelUnavailableError
@@ -86,12 +86,12 @@ for model, model_metrics in all_metrics.items():
 # with a sample of 25 entries a 0 % score still allows up to ~13 %, so read small samples with their interval.
 
 # %%
-metrics = stage_views.metrics_table(stage_dir)
+metrics = baseline_views.metrics_table(stage_dir)
 display(metrics.pivot_table(index=["group", "category"], columns="model", values=["accuracy", "n"]))
-display(stage_views.overall_table(stage_dir).pivot_table(index=["bfcl", "score"], columns="model", values="value"))
+display(baseline_views.overall_table(stage_dir).pivot_table(index=["bfcl", "score"], columns="model", values="value"))
 
 # %%
-fig = stage_views.plot_category_accuracy(metrics)
+fig = baseline_views.plot_category_accuracy(metrics)
 fig
 
 # %% [markdown]
@@ -104,9 +104,9 @@ fig
 # from the ground truth's).
 
 # %%
-failures = stage_views.failure_mode_table(stage_dir)
+failures = baseline_views.failure_mode_table(stage_dir)
 display(failures)
-fig = stage_views.plot_failure_modes(failures)
+fig = baseline_views.plot_failure_modes(failures)
 fig
 
 # %% [markdown]
@@ -116,7 +116,7 @@ fig
 # with the published leaderboard rows in the analysis stage (08).
 
 # %%
-display(Markdown(stage_views.baseline_findings(metrics, failures)))
+display(Markdown(baseline_views.baseline_findings(metrics, failures)))
 
 # %% [markdown]
 # ## Checks on what was saved

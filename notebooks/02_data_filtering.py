@@ -58,7 +58,7 @@ stage_dir = "outputs/smoke/02_data_filtering"
 import pandas as pd
 from IPython.display import Markdown, display
 
-from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.analysis import data_views
 from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
 from tinyllm_utils.data import rows
 from tinyllm_utils.stages import data_filtering
@@ -117,7 +117,7 @@ display(mix.pivot_table(index="category", columns=["split", "made"], values="row
 display(rows.source_table(result["splits"], result["rejected"]))
 
 # %%
-fig = stage_views.plot_lengths(result["splits"])
+fig = data_views.plot_lengths(result["splits"])
 fig
 
 # %% [markdown]

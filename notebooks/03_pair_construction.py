@@ -63,7 +63,7 @@ stage_dir = "outputs/smoke/03_pair_construction"
 import pandas as pd
 from IPython.display import display
 
-from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.analysis import data_views
 from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
 from tinyllm_utils.data import pairs
 from tinyllm_utils.models.registry import ModelUnavailableError
@@ -154,7 +154,7 @@ display(pairs.kind_table(result["pairs"]))
 display(pairs.error_table(result["pairs"]))
 
 # %%
-fig = stage_views.plot_pair_stats(result["stats"])
+fig = data_views.plot_pair_stats(result["stats"])
 fig.savefig(stage_dir / "pair_stats.png", dpi=150, bbox_inches="tight")
 fig
 

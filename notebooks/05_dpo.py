@@ -40,7 +40,7 @@ stage_dir = "outputs/smoke/05_dpo"
 # %%
 from IPython.display import display
 
-from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.analysis import training_views
 from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
 from tinyllm_utils.stages.common import before_after, failure_shift, summary_table
 from tinyllm_utils.stages.dpo import DPOStageConfig, run_dpo_stage
@@ -63,7 +63,7 @@ display(summary_table(results))
 
 # %%
 for label, result in results.items():
-    display(stage_views.plot_curves(result["curves"], title=f"{label}: {result['training']['steps']} steps"))
+    display(training_views.plot_curves(result["curves"], title=f"{label}: {result['training']['steps']} steps"))
 
 # %% [markdown]
 # ## Before and after, on the same entries

@@ -54,7 +54,7 @@ stage_dir = "outputs/smoke/06_hybrid"
 # %%
 from IPython.display import display
 
-from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.analysis import training_views
 from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
 from tinyllm_utils.stages.common import before_after, failure_shift, summary_table
 from tinyllm_utils.stages.hybrid import HybridStageConfig, run_hybrid_stage
@@ -80,7 +80,7 @@ display(summary_table(results))
 # %%
 for label, result in results.items():
     if "training" in result:
-        display(stage_views.plot_curves(result["curves"], title=label))
+        display(training_views.plot_curves(result["curves"], title=label))
 
 # %% [markdown]
 # ## Before and after, on the same entries

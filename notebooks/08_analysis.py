@@ -31,7 +31,7 @@
 #   Holm's correction over every comparison of the table;
 # * **findings** written from those tables, and every figure (PNG and PDF).
 #
-# `make figures` rebuilds the same files into `paper_figures/` (`python -m tinyllm_utils.analysis.figures --run ...`).
+# `make figures` rebuilds the same files into `paper_figures/` (`python -m tinyllm_utils.stages.analysis --run ...`).
 # A stage that did not run is listed as missing, not an error.
 
 # %% tags=["parameters"]

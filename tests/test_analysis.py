@@ -14,7 +14,7 @@ import pytest
 from tinyllm_utils.analysis import findings, runs, stats
 from tinyllm_utils.analysis import reference as reference_rows
 from tinyllm_utils.bfcl import aggregate
-from tinyllm_utils.bfcl.data import LIVE_CATEGORIES, category_size, load_category
+from tinyllm_utils.bfcl.data import ALL_CATEGORIES, LIVE_CATEGORIES, category_size, load_category
 from tinyllm_utils.stages import analysis
 
 TREE = Path(__file__).parent / "fixtures" / "outputs_tree" / "make_tree.py"
@@ -155,7 +155,7 @@ def test_live_weights_are_bfcl_eval_category_sizes():
 
 
 def test_score_weights_hand_checked():
-    categories = aggregate.ALL_CATEGORIES
+    categories = ALL_CATEGORIES
     weights = stats.score_weights("v3", "overall", categories, stats.V4_COUNTS)
     assert weights["simple_python"] == pytest.approx(1 / 45)  # 1/3 (non-live) x 1/5 (five parts) x 1/3 (simple)
     assert weights["irrelevance"] == pytest.approx(1 / 15)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.analysis import edge_views
 from tinyllm_utils.analysis import stats as edge_stats
 from tinyllm_utils.edge import profile, quantize
 from tinyllm_utils.edge import table as edge_tables
@@ -179,7 +179,7 @@ def test_edge_table_from_saved_results_and_figure(tmp_path):
     assert all(p.stat().st_size > 1000 for p in outputs["figures"])
     saved = pd.read_csv(tmp_path / "out" / "edge_table.csv")
     assert {"method", "quantization", "pareto", "retained_ci_low", "retained_ci_high"} <= set(saved.columns)
-    title = stage_views.plot_edge_pareto(outputs["table"]).axes[0].get_title()
+    title = edge_views.plot_edge_pareto(outputs["table"]).axes[0].get_title()
     assert "at 2 threads" in title and "n = 10 entries" in title  # what was measured, on how many entries
     again = edge_tables.write_edge_outputs(table, tmp_path / "again", keep=0.85)
     assert again["figures"][1].read_bytes() == outputs["figures"][1].read_bytes()  # PDF: no creation date

@@ -1,5 +1,5 @@
 """Every figure function on the fixture outputs tree, stage-01 tables on selected rows only, and the
-regeneration command (`python -m tinyllm_utils.analysis.figures --run ... --out ...`)."""
+regeneration command (`python -m tinyllm_utils.stages.analysis --run ... --out ...`)."""
 
 import importlib.util
 import shutil
@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from tinyllm_utils.analysis import figures, reference, runs, stage_views
+from tinyllm_utils.analysis import baseline_views, figures, reference, runs
 from tinyllm_utils.stages import analysis as analysis_stage
 
 TREE = Path(__file__).parent / "fixtures" / "outputs_tree" / "make_tree.py"
@@ -76,14 +76,14 @@ def test_training_curves_read_the_trainer_log(tables):
 
 def test_stage_01_tables_use_the_selected_rows_only(outputs):
     stage = outputs / "quick" / "01_baseline_evaluation"
-    failures = stage_views.failure_mode_table(stage)
+    failures = baseline_views.failure_mode_table(stage)
     # the reused folder holds 6 predictions per category, 3 selected
     assert failures.loc["qwen3-0.6b"].sum(axis=1).tolist() == [3, 3]
-    metrics = stage_views.metrics_table(stage)
+    metrics = baseline_views.metrics_table(stage)
     assert set(metrics["model"]) == {"gemma-3-270m", "xlam-2-1b-fc-r", "qwen3-0.6b"}  # hub id nested deeper
     for model, group in metrics.groupby("model"):
         assert failures.loc[model].sum(axis=1).sum() == group["n"].sum()
-    text = stage_views.baseline_findings(metrics, failures)
+    text = baseline_views.baseline_findings(metrics, failures)
     assert "**qwen3-0.6b**" in text and "(6 entries)" in text
 
 

@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 
 from conftest import FakeBackend
-from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.analysis import data_views
 from tinyllm_utils.bfcl.data import load_category
 from tinyllm_utils.bfcl.scoring import score_single_turn
 from tinyllm_utils.data import pairs
-from tinyllm_utils.models.prompts import first_turn_messages, format_prompt
+from tinyllm_utils.data.rows import row_example
+from tinyllm_utils.models.prompts import NO_CALL_ANSWER, first_turn_messages, format_prompt, render_calls
 from tinyllm_utils.models.registry import ModelUnavailableError, resolve_model
 from tinyllm_utils.stages import pair_construction
 
@@ -56,9 +57,9 @@ def test_chosen_passes_the_checker_and_a_broken_reference_is_reported(stage02):
     kept, failed = pairs.verify_chosen(rows + [broken])
     assert len(kept) == len(rows) and [f["id"] for f in failed] == ["broken"]
     for row in kept:
-        assert score_single_turn(pairs.row_example(row), row["chosen_text"])["valid"]
+        assert score_single_turn(row_example(row), row["chosen_text"])["valid"]
     irrelevant = [r for r in kept if r["category"] == "irrelevance"]
-    assert irrelevant and all(r["chosen_text"] == pairs.NO_CALL_ANSWER for r in irrelevant)
+    assert irrelevant and all(r["chosen_text"] == NO_CALL_ANSWER for r in irrelevant)
 
 
 def test_model_generations_become_rejected_only_when_the_checker_says_wrong(candidates):
@@ -73,7 +74,7 @@ def test_model_generations_become_rejected_only_when_the_checker_says_wrong(cand
     assert {p["kind"] for p in built if p["category"] == "irrelevance"} == {"call_on_irrelevance"}
     assert pairs.verify_pairs(built) == []
     for pair in built:
-        example = pairs.row_example(pair)
+        example = row_example(pair)
         assert score_single_turn(example, pair["chosen"])["valid"]
         assert not score_single_turn(example, pair["rejected"])["valid"]
         assert pair["checker_error"] == score_single_turn(example, pair["rejected"])["error_type"]
@@ -105,7 +106,7 @@ def test_each_synthetic_kind_is_produced_and_verified_wrong(candidates, kind):
     assert len(made) >= len(rows) - 1 and {n["kind"] for n in made} == {kind}
     for row in rows:
         for negative in pairs.synthetic_negatives(row, 2, [kind], random.Random(1)):
-            scored = score_single_turn(pairs.row_example(row), negative["text"])
+            scored = score_single_turn(row_example(row), negative["text"])
             assert not scored["valid"] and negative["checker_error"] == scored["error_type"]
             assert negative["text"] != row["chosen_text"]
 
@@ -269,7 +270,7 @@ def test_a_synthetic_candidate_the_checker_accepts_is_not_kept(candidates, monke
         return [{name: {k: v.upper() if isinstance(v, str) else v for k, v in args.items()}}
                 for call in calls for name, args in call.items()]
 
-    assert pairs.render_calls(same_answer_in_upper_case("", calls, {}, None)) != row["chosen_text"]
+    assert render_calls(same_answer_in_upper_case("", calls, {}, None)) != row["chosen_text"]
     monkeypatch.setattr(pairs, "_mutate", same_answer_in_upper_case)
     assert pairs.synthetic_negatives(row, 1, ["wrong_value"], random.Random(0)) == []
 
@@ -297,6 +298,6 @@ def test_statistics_tables_and_figure(candidates):
     assert table["total"].sum() == len(built) and table["share %"].sum() == pytest.approx(100, abs=0.5)
     assert pairs.error_table(built)["pairs"].sum() == len(built)
     assert pairs.outcome_table(outcomes).loc["irrelevance", "correct"] == 4
-    fig = stage_views.plot_pair_stats(pairs.pair_stats(built))
+    fig = data_views.plot_pair_stats(pairs.pair_stats(built))
     heights = sum(bar.get_height() for bar in fig.axes[0].patches)
     assert heights == len(built)

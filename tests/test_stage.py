@@ -197,7 +197,7 @@ def test_evaluate_cli_is_generated_from_the_dataclass(capsys):
 def test_stage_dir_resolution(monkeypatch, tmp_path):
     monkeypatch.setattr(params, "OUTPUT_ROOT", tmp_path)
     assert params.resolve_stage_dir("outputs/smoke/01_baseline_evaluation") == tmp_path / "smoke/01_baseline_evaluation"
-    assert params.resolve_stage_dir("/abs/x") == pipeline.Path("/abs/x")
+    assert params.resolve_stage_dir("/abs/x") == Path("/abs/x")
 
 
 def test_pipeline_json_records_the_resolved_parameters(tmp_path):

@@ -8,13 +8,14 @@ import os
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 from safetensors import safe_open
 from tiny_model import build_tiny_model
 
-from tinyllm_utils.analysis import stage_views
+from tinyllm_utils.analysis import training_views
 from tinyllm_utils.models.registry import ModelSpec, resolve_model
 from tinyllm_utils.stages import hybrid
 from tinyllm_utils.train import trainers
@@ -153,7 +154,7 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
     out = tmp_path / "sft"
     result = trainers.train_sft(model, tokenizer, data, None, _sft_config(), trainers.default_lora(), out,
                                 stage_key="04_sft")
-    curves = trainers.pd.read_csv(out / "curves.csv")
+    curves = pd.read_csv(out / "curves.csv")
     assert {"loss", "learning_rate", "grad_norm"} <= set(curves.columns)
     losses = curves["loss"].dropna().tolist()
     assert len(losses) == 6 and min(losses[3:]) < losses[0] - 0.3
@@ -223,7 +224,7 @@ def test_full_sft_then_dpo_from_its_checkpoint(tiny, model, tmp_path):
     sft = trainers.train_sft(model, tiny[1], trainers.sft_dataset(ROWS), trainers.sft_dataset(ROWS[:2]),
                              _sft_config(max_steps=3, learning_rate=3e-3, save_strategy="no", eval_strategy="steps",
                                          eval_steps=3), None, tmp_path / "sft")  # checkpoints: tested with LoRA
-    losses = trainers.pd.read_csv(tmp_path / "sft" / "curves.csv")["loss"].dropna().tolist()
+    losses = pd.read_csv(tmp_path / "sft" / "curves.csv")["loss"].dropna().tolist()
     assert losses[-1] < losses[0] and "eval_loss" in sft["final_metrics"]
     assert resolve_model(sft["path"]).method == "sft"
 
@@ -232,7 +233,7 @@ def test_full_sft_then_dpo_from_its_checkpoint(tiny, model, tmp_path):
                                             "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5],
                                             "lr_scheduler_type": "constant"})
     dpo = trainers.train_dpo(policy, tokenizer, trainers.dpo_dataset(_pairs()), None, config, None, tmp_path / "dpo")
-    curves = trainers.pd.read_csv(tmp_path / "dpo" / "curves.csv")
+    curves = pd.read_csv(tmp_path / "dpo" / "curves.csv")
     assert curves["rewards/margins"].dropna().iloc[-1] > 0  # 0 at the first step: the explicit copy is the reference
     spec = resolve_model(dpo["path"])
     assert (spec.method, spec.parent, spec.base_model) == ("dpo", str(Path(sft["path"]).resolve()), "tiny-gemma")
@@ -257,7 +258,7 @@ def test_dpo_lora_learns_the_preference(tiny, model, tmp_path):
     result = trainers.train_dpo(model, tiny[1], trainers.dpo_dataset(pairs), None, config,
                                 trainers.default_lora(), tmp_path / "dpo")
     assert (result["rows"], result["dropped_too_long"]) == (len(ROWS), 1)
-    curves = trainers.pd.read_csv(tmp_path / "dpo" / "curves.csv")
+    curves = pd.read_csv(tmp_path / "dpo" / "curves.csv")
     margins = curves["rewards/margins"].dropna().tolist()  # reference: the policy with its adapter disabled
     assert margins[-1] > margins[0] and curves["rewards/accuracies"].dropna().iloc[-1] > 0.5
     assert curves["loss"].dropna().iloc[-1] < curves["loss"].dropna().iloc[0]
@@ -321,12 +322,12 @@ def test_grpo_runs_with_the_checker_reward(tiny, model, tmp_path):
     assert (result["rows"], result["dropped_too_long"], result["global_step"]) == (4, 1, 2)
     with pytest.raises(trainers.NothingFitsError, match="max_length=8"):
         trainers.train_grpo(model, tiny[1], data, None, config, None, tmp_path / "grpo-short", max_prompt_length=8)
-    curves = trainers.pd.read_csv(tmp_path / "grpo" / "curves.csv")
+    curves = pd.read_csv(tmp_path / "grpo" / "curves.csv")
     assert {"reward", "reward_std", "rewards/checker_reward/mean"} <= set(curves.columns)
     assert curves["reward"].between(0, 1).all()  # a random model earns nothing, but the loop ran end to end
     assert (tmp_path / "grpo" / "checkpoints" / "checkpoint-2").exists()
     assert resolve_model(result["path"]).method == "grpo_lora"
-    fig = stage_views.plot_curves(tmp_path / "grpo" / "curves.csv", "grpo")
+    fig = training_views.plot_curves(tmp_path / "grpo" / "curves.csv", "grpo")
     assert [ax.get_title() for ax in fig.axes][-1] == "reward"
 
 

@@ -50,9 +50,9 @@ def _check_pairing(stage: str) -> None:
 
 # glibc settings for each stage's kernel: keep freed memory and reuse it rather than unmap large blocks after each
 # use. By default glibc maps and unmaps the large tensors of every training step (the 262 k-row embedding peft
-# rebuilds with the trained end-of-turn row among them) and faults their pages in again: without that quick's 04
-# ran 1.33x faster here, the smoke run 1.25x (README "Training"). glibc reads them when a process starts,
-# so they go into the kernel's environment; a value already in the environment wins. Other C libraries ignore them.
+# rebuilds with the trained end-of-turn row among them) and faults their pages in again, which makes training
+# markedly slower on a CPU. glibc reads them when a process starts, so they go into the kernel's environment;
+# a value already in the environment wins. Other C libraries ignore them.
 KERNEL_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(1 << 30)}
 
 

@@ -1,10 +1,7 @@
-"""Tables and figures from saved results only (metrics.json, run.json, predictions/*.jsonl), one function per figure.
-
-    python -m tinyllm_utils.analysis.figures --run outputs/quick --out paper_figures
-
-rebuilds every table (tinyllm_utils.analysis.runs: results, Table IV, paired comparisons, findings) and every figure
-(PNG and PDF) of a run from its files alone and prints its wall time; a stage that did not run is listed as
-missing in `<out>/figures_status.md`, not an error. Notebooks call the same functions and get Figures back.
+"""The report's figures, one function per figure, each drawn from the analysis' tables and returning a Figure:
+the category heatmap, the method ablation, multi-turn accuracy vs parameters, accuracy vs training compute, error
+kinds and training curves. The analysis stage (stages/analysis.py) saves them; the plots a stage's own notebook
+shows are in the *_views modules.
 """
 
 from __future__ import annotations

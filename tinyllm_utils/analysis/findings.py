@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Paired comparisons of every trained model with its parent and the base on shared entries, and the findings
+text written from them.
+"""
 
 from __future__ import annotations
 

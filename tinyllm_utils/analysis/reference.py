@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Reference rows beside the study's own: the BFCL leaderboard snapshots, the paper's headline and
+FunctionGemma's card, each with its source and date, and Table IV built from them and from a run's results.
+"""
 
 from __future__ import annotations
 

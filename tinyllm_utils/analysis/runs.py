@@ -1,16 +1,14 @@
-"""The analysis stage: every saved evaluation under `outputs/` as one tidy table, Table IV beside published
-reference rows, paired comparisons between methods, and findings written from the numbers.
+"""A run's saved evaluations as tidy tables: discovery, one row per model x category with intervals, one row per
+entry, cumulative training seconds, and the training curves.
 
-    python -m tinyllm_utils.analysis.runs --root outputs/quick --out paper_figures
-
-reads only files (`metrics.json`, `run.json`, `predictions/*.jsonl`, optional `training.json` / `profile.json`),
+The analysis reads only files (`metrics.json`, `run.json`, `predictions/*.jsonl`, optional `training.json` / `profile.json`),
 never a model. An evaluation is any folder, at any depth under a run, that holds both `metrics.json` and
 `run.json`; its method, parent and quantization come from run.json's `model_spec` (missing: method "base").
 Only the entries an evaluation selected count (a folder reused with another limit keeps older predictions).
 
 Intervals: Wilson for a category (aggregate.wilson_interval); for a composite BFCL score, the categories' Wilson
-intervals combined by MOVER (composite_accuracy_interval; a bootstrap over entries gave a category answered all
-right or all wrong no spread, and a base model's v3 overall the interval 19.76 to 19.76 %). Comparisons of two
+intervals combined by MOVER (composite_accuracy_interval; a bootstrap over entries gives a category answered all
+right or all wrong no spread, and can give a composite a zero-width interval). Comparisons of two
 evaluations use their shared entries only: McNemar's exact test (statsmodels) per category, a paired sign-flip
 permutation test (scipy) for composite scores, paired bootstrap intervals for every difference, and Holm's
 correction over all comparisons of one report.
@@ -98,8 +96,8 @@ def names_parent(parent: str | None, stage: str, eval_id: str, *names: str) -> b
 
 def _outputs_path(text: str | None) -> str | None:
     """A recorded absolute path into an outputs folder as `<run>/<NN_stage>/...`: outputs move between machines,
-    and run.json and model_spec.json keep where the files were (runs before 2026-12-01 recorded parents that way
-    too); any other path or name as recorded."""
+    and run.json and model_spec.json keep where the files were (older runs recorded parents that way too); any
+    other path or name as recorded."""
     if not text or not Path(text).is_absolute():
         return text
     parts = Path(text).parts
@@ -108,8 +106,8 @@ def _outputs_path(text: str | None) -> str | None:
 
 
 def _parent_in_run(parent: str | None, run_id: str) -> str | None:
-    """run.json's parent as training records it since 2026-12-01: a checkpoint of the same run by its path in the
-    run (`04_sft/sft-lora/final`); earlier runs recorded the absolute path."""
+    """run.json's parent as training records it: a checkpoint of the same run by its path in the run
+    (`04_sft/sft-lora/final`); older runs recorded the absolute path."""
     in_outputs = _outputs_path(parent)
     return in_outputs[len(run_id) + 1:] if in_outputs != parent and in_outputs.startswith(f"{run_id}/") else parent
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Statistics for accuracy on BFCL entries: composite weights read off bfcl's own formulas, Wilson-based
+intervals for composites, McNemar's exact test, paired differences, Holm's correction, Pareto fronts.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ V3_COUNTS = {"live_simple": 258, "live_multiple": 1053, "live_parallel": 16, "li
 V4_COUNTS = {**V3_COUNTS, "live_irrelevance": 884, "live_relevance": 16}
 
 ALPHA = 0.05
-PERMUTATIONS = 4999  # paired permutation test of a composite: p resolution 2e-4, ~2 s at full BFCL size on 2 cores
+PERMUTATIONS = 4999  # paired permutation test of a composite: p resolution 2e-4, still cheap at full BFCL size
 
 
 # --------------------------------------------------------------------------------------------- statistics
@@ -65,8 +67,8 @@ def composite_accuracy_interval(samples: dict[str, np.ndarray], weights: dict[st
     """95 % interval of sum_k w_k p_k for 0/1 outcomes: each category's Wilson interval, combined by MOVER
     (Zou & Donner 2008; Newcombe's method for differences of proportions): the point minus / plus the root of the
     summed squared weighted distances to each category's limits. One category gives its Wilson interval exactly;
-    a category answered all right or all wrong still adds its uncertainty (a bootstrap over entries gave 0 of 3
-    multi-turn entries none, and a base model's v3 overall the interval 19.76 to 19.76 %)."""
+    a category answered all right or all wrong still adds its uncertainty (a bootstrap over entries gives such a
+    category none, and can give a composite a zero-width interval)."""
     point, below, above = 0.0, 0.0, 0.0
     for category, weight in weights.items():
         x = np.asarray(samples[category], dtype=float)

@@ -1,5 +1,8 @@
-"""Inference backends behind one interface: same prompts, same decoding rules (greedy, a cap on new tokens,
-stop at end of turn), so their predictions are comparable.
+"""What every backend shares: the `Generation` record, the end-of-turn marker, the tokenizer a chat-template
+model's prompts need, and the refusal of grammars where only llama.cpp can apply them.
+
+Backends (this subpackage) share one interface and the same decoding rules (greedy, a cap on new tokens, stop at
+end of turn), so their predictions are comparable:
 
 * `LlamaCppBackend` runs a GGUF with llama.cpp (llama-cpp-python): the fast path on a CPU.
 * `TransformersBackend` runs a Hugging Face checkpoint (or the embedded GGUF, de-quantized once and cached

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""`make_backend`: the backend a name asks for, built for a model spec.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The transformers backend: a Hugging Face checkpoint (or the embedded GGUF, de-quantized once), batched with
+left padding and the KV cache, under plain greedy decoding.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The llama.cpp backend (llama-cpp-python): a GGUF file on the CPU, optionally under a GBNF grammar.
+"""
 
 from __future__ import annotations
 

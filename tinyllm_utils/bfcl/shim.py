@@ -1,7 +1,7 @@
 """The one place where `bfcl-eval` is imported.
 
 bfcl-eval's checkers live beside every hosted-API model handler: importing `ast_checker` pulls in
-`constants.model_config`, which imports ~80 handlers and their SDKs (~21 s, and an undeclared `soundfile`).
+`constants.model_config`, which imports ~80 handlers and their SDKs (slow, and an undeclared `soundfile`).
 The checker only needs that table for `underscore_to_dot`, which is False for every prompting-mode model,
 so we register a tiny stand-in module before the first import. bfcl-eval also creates `result/` and
 `score/` folders under `BFCL_PROJECT_ROOT` at import time; we point that at a cache folder so nothing is

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Where a stage's files live and how a notebook's `parameters` cell becomes the stage's config dataclass.
+"""
 
 from __future__ import annotations
 

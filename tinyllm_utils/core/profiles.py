@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The pipeline's stages (their config classes and the stages each reads), the run profiles
+(`configs/profiles.yaml`) resolved over each stage's defaults, and the key material of a stage.
+"""
 
 from __future__ import annotations
 

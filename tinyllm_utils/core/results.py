@@ -135,7 +135,7 @@ def current_rss_mb() -> float | None:
 def peak_rss_mb() -> float | None:
     """This process's peak resident memory (Linux; None elsewhere). Not getrusage's ru_maxrss: a process started
     by fork + exec inherits its parent's resident size at the fork there, so a profile run from a notebook
-    holding 1.8 GB reported 1.8 GB for every model. VmHWM belongs to this program's own memory map."""
+    would report the notebook's size for every model. VmHWM belongs to this program's own memory map."""
     return _proc_status_mb("VmHWM")
 
 

@@ -231,7 +231,8 @@ def sample_value(schema: dict, rng: random.Random, name: str = "", integral_floa
         return rng.randint(0, 1)
     if kind == "integer" or (kind == "float" and integral_floats and rng.random() < integral_floats):
         # a whole number is written as an int ("45"), also for a float parameter (bfcl's checker takes an int
-        # there); at integral_floats 0.3 the SFT model copied units too ("mass=45 kg"): README, "Training"
+        # there); off by default: an SFT model trained on many such values copies the request's units too
+        # ("mass=45 kg")
         return rng.choice([rng.randint(1, 12), rng.randint(2, 100), rng.randint(100, 5000)])
     if kind == "float":
         return round(rng.choice([rng.uniform(0.1, 10), rng.uniform(1, 1000)]), rng.choice([1, 2]))

@@ -1,4 +1,5 @@
-"""Stage 03: verified chosen/rejected preference pairs for DPO, from the stage-02 dataset.
+"""The pairs of stage 03 (stages/pair_construction.py): verified chosen/rejected preference pairs for DPO, from
+the stage-02 dataset.
 
     python -m tinyllm_utils.pipeline --profile smoke --stages 03_pair_construction   # or the notebook:
     notebooks/03_pair_construction.ipynb (after stage 02; every step below is one function called there)
@@ -27,7 +28,6 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from tinyllm_utils.backends.base import prompt_tokenizer  # noqa: F401  (re-exported for the notebook)
 from tinyllm_utils.bfcl.data import Example
 from tinyllm_utils.bfcl.scoring import score_single_turn
 from tinyllm_utils.core.results import PredictionWriter, manifest, read_jsonl, write_json_atomic, write_text_atomic

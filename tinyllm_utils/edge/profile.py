@@ -1,4 +1,4 @@
-"""The edge stage's library: quantized GGUF variants, their accuracy kept vs F16, and a device profile.
+"""The device profile of a GGUF (and of the transformers model as a reference), each in a fresh process.
 
     python -m tinyllm_utils.edge.profile quantize model-F16.gguf outputs/edge/variants        # Q8_0 ... Q4_0
     python -m tinyllm_utils.edge.profile profile  outputs/edge/variants/model-Q4_K_M.gguf --threads 2 --runs 3 [--grammar]
@@ -11,9 +11,8 @@
   tokens/s, end-to-end seconds per BFCL entry under the evaluation's decoding rules, and what llama.cpp's
   prompt-prefix reuse saves across entries that share BFCL's system prompt. `profile_transformers` does
   the same for the transformers model (fp32 / bf16) as the reference point.
-* `paired_retention`, `edge_table`, `mark_pareto`, `recommend` and `plot_edge_pareto` turn saved results
-  into the accuracy / latency / memory table, its Pareto front, the recommended variant per checkpoint and
-  the figure.
+* `edge.quantize` makes the variants, `edge.table` turns saved results into the accuracy / latency / memory
+  table, and `edge.sweep` runs all of it for every checkpoint x variant.
 
 The offline base model exists only as Q4_K_M. Its "F16" is that Q4_K_M de-quantized and stored as F16
 (`quantize_variants(..., allow_requantize=True)` from the Q4_K_M file): it carries no information beyond

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Quantized GGUF variants made with llama.cpp's own quantizer (`llama_model_quantize`), each checked to load and
+generate; a GGUF's file type read from its metadata.
+
+The offline base model exists only as Q4_K_M: its "F16" is that file de-quantized (`allow_requantize=True`), so
+its variants are re-quantizations of Q4_K_M weights.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The edge table: one row per checkpoint x variant x thread count (size, speed, memory, accuracy, and the
+accuracy kept against F16 with a paired interval), its Pareto front and the recommended variant per checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from tinyllm_utils.core.results import read_jsonl
 # pandas, matplotlib, torch are imported where used: a profiling process should hold only llama.cpp.
 if TYPE_CHECKING:
     import pandas as pd
-from tinyllm_utils.analysis.stage_views import plot_edge_pareto
+from tinyllm_utils.analysis.edge_views import plot_edge_pareto
 from tinyllm_utils.analysis.stats import mark_pareto
 
 # -------------------------------------------------------------------------------- accuracy, tables, figure

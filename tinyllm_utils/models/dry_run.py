@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""How a model is prompted and parsed, printed without loading it:
+
+    python -c "from tinyllm_utils.models.dry_run import dry_run; print(dry_run('Salesforce/xLAM-2-1b-fc-r'))"
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The embedded GGUF model as a Hugging Face checkpoint: de-quantized once and cached as safetensors, for the
+transformers backend and for training.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from tinyllm_utils.models.registry import CACHE_DIR, ModelSpec
 
 
 def embedded_hf_copy(spec: ModelSpec) -> Path:
-    """A safetensors copy of an embedded GGUF model, made once (de-quantizing the GGUF takes ~40-60 s)."""
+    """A safetensors copy of an embedded GGUF model, made once (de-quantizing the GGUF is slow)."""
     target = CACHE_DIR / "models" / spec.name / "hf"
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target

@@ -16,7 +16,7 @@ A registry entry names its `family` (a key of FAMILIES), `mode` (prompting: BFCL
 call syntax; fc: the functions rendered as the family's tools, answers in its own tool-call syntax),
 `reasoning` (none | strip_think | disable_thinking) and a pinned hub `revision`.
 
-    python -c "from tinyllm_utils.models.families import dry_run; print(dry_run('Salesforce/xLAM-2-1b-fc-r'))"
+    python -c "from tinyllm_utils.models.dry_run import dry_run; print(dry_run('Salesforce/xLAM-2-1b-fc-r'))"
 """
 
 from __future__ import annotations

@@ -116,8 +116,8 @@ def resolve_model(name_or_path: str, require_revision: bool = False) -> ModelSpe
 
 
 def gguf_metadata(path: str) -> dict | None:
-    """A GGUF file's metadata, read by llama.cpp with the vocabulary only (about a second; gguf's GGUFReader first
-    turns a 262k-token vocabulary into Python objects); None when llama.cpp cannot read it (the backend then says
+    """A GGUF file's metadata, read by llama.cpp with the vocabulary only (fast; gguf's GGUFReader first turns
+    a 262k-token vocabulary into Python objects); None when llama.cpp cannot read it (the backend then says
     why when it loads the file). Cached per file version, not per path: a retrained model may replace the file."""
     stat = os.stat(path)
     return _gguf_metadata(str(path), stat.st_mtime_ns, stat.st_size)

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Stage 08, the analysis: every evaluation of a run read from its files alone, into one results table, Table IV
+beside the published rows, paired comparisons, findings, and every figure. `make figures` runs it on a finished
+run:
+
+    python -m tinyllm_utils.stages.analysis --run outputs/quick --out paper_figures
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from tinyllm_utils.analysis.baseline_views import (
+    BASELINE_STAGE,
+    baseline_findings,
+    evaluations_in,
+    failure_mode_table,
+    metrics_table,
+    overall_table,
+    plot_category_accuracy,
+    plot_failure_modes,
+)
+from tinyllm_utils.analysis.edge_views import plot_edge_pareto
 from tinyllm_utils.analysis.figures import (
     plot_accuracy_vs_compute,
     plot_category_heatmap,
@@ -21,17 +37,6 @@ from tinyllm_utils.analysis.figures import (
 from tinyllm_utils.analysis.findings import compare, findings_markdown
 from tinyllm_utils.analysis.reference import table_iv, table_iv_markdown
 from tinyllm_utils.analysis.runs import collect, entries, find_evaluations, save_table, training_curves
-from tinyllm_utils.analysis.stage_views import (
-    BASELINE_STAGE,
-    baseline_findings,
-    evaluations_in,
-    failure_mode_table,
-    metrics_table,
-    overall_table,
-    plot_category_accuracy,
-    plot_edge_pareto,
-    plot_failure_modes,
-)
 from tinyllm_utils.core.results import save_figure, write_text_atomic
 
 # --------------------------------------------------------------------------------------------- stage entry

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Stage 01: the baseline evaluation. Its protocol (categories, seeded sample, decoding, backend) is recorded
+in each model's run.json and is what every later stage evaluates its checkpoints with.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Run one stage without its notebook, with a profile's parameters: what `accelerate launch` needs on a
+multi-GPU machine.
+
+    python -m tinyllm_utils.stages.cli --stage 04_sft --profile quick
+"""
 
 from __future__ import annotations
 

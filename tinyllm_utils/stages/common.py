@@ -1,8 +1,7 @@
-"""Stages 04 (SFT), 05 (DPO) and 06 (hybrid: SFT→DPO, SFT→GRPO, self-improvement cycles), each one call.
+"""What the training stages (04 SFT, 05 DPO, 06 hybrid) and the edge stage (07) share: stage 01's protocol,
+stage 02's rows and stage 03's pairs, and the treatment of every trained checkpoint.
 
-    python -m tinyllm_utils.pipeline --profile smoke          # runs them after 01-03 (notebooks 04-06)
-
-Every stage trains with TRL through tinyllm_utils.train.trainers, then treats each checkpoint exactly like the
+Every training stage trains with TRL through tinyllm_utils.train.trainers, then treats each checkpoint exactly like the
 baseline: exported to GGUF (F16) when stage 01 ran on llama.cpp, and evaluated by the same evaluation core with
 stage 01's own protocol (categories, sample, seed, decoding, backend, read from the parameters stage 01 recorded
 in its run.json), into the same layout. `evaluate_categories` may name a subset of stage 01's categories (the
@@ -41,8 +40,8 @@ class MissingStageError(FileNotFoundError):
 # ---------------------------------------------------------------- configs (defaults = the smoke workload)
 
 # Every smoke DPO run (05, 06's SFT -> DPO and cycle): one step of one pair. A DPO step holds 2 sequences per
-# pair, and on the CI machine every GB a fresh process touches costs 6-8 s (README "Training"): at one pair per
-# step the smoke run took 14 min instead of 18; a second step cost each run 30-40 s more (smoke's 15 min budget).
+# pair, and on a 2-core CI machine every GB a fresh process touches costs seconds: one pair per step keeps a DPO
+# step's memory small, and one step keeps the smoke run inside CI's time budget.
 SMOKE_DPO = {"max_steps": 1, "learning_rate": 5e-6, "per_device_train_batch_size": 1}
 
 
@@ -161,7 +160,7 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
                 "curves": result.get("curves") and Path(result["curves"]).resolve().relative_to(
                     method_dir.resolve()).as_posix(),  # like checkpoint: a path in the method's folder
                 # the rows (pairs, prompts) it trained on, `epochs` times over (a max_steps run may see fewer),
-                # and those left out as too long: SFT and DPO over max_length (quick's SFT: 112 of 400 sampled),
+                # and those left out as too long: SFT and DPO over max_length,
                 # GRPO over grpo_max_prompt_length
                 "rows": result.get("rows"), "dropped_too_long": result.get("dropped_too_long")}
     write_json_atomic(method_dir / "training.json", training)
@@ -181,7 +180,7 @@ def lora_for(config, enabled: bool = True):
 
 def tokens_seen(config: dict) -> dict:
     # transformers counts the tokens each step consumed, for the report's tokens/s: the real ones, not the
-    # padding of a batch (True, i.e. "all", counted those until 2026-12-02; GRPO counts its own, unpadded)
+    # padding of a batch (True, i.e. "all", would count those; GRPO counts its own, unpadded)
     return {"include_num_input_tokens_seen": "non_padding", **config}
 
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Stage 02: training rows from the configured sources, through the filters (parse, schema, checker,
+duplicates, decontamination against BFCL, token budget), split by function and augmented; saved with a data card.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ class DataConfig:
     #                  "split": "train", "limit": 1000}]
     user_datasets: list[dict] = field(default_factory=list)
     # generated sources (tinyllm_utils.data.api_source), same filters: ["python_apis"] or
-    # [{"name": "python_apis", "rows": 4000, "mix": {...}, "modules": [...]}]; empty = today's pool only
+    # [{"name": "python_apis", "rows": 4000, "mix": {...}, "modules": [...]}]; empty = bfcl_sources and user_datasets only
     synthetic_sources: list[object] = field(default_factory=list)  # names (str) or dicts
     model: str = "gemma-3-270m"  # whose tokenizer measures lengths
     max_prompt_tokens: int = 2048

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Stage 05: DPO of the base on stage 03's pairs; each trained model is exported and evaluated like the baseline.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Stage 07: quantized variants of the chosen checkpoints (the base and the best trained model by default),
+each evaluated on stage 01's entries and profiled on this machine (edge.sweep).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""Stage 06: hybrids from stage 04's SFT checkpoint: SFT->DPO, SFT->GRPO, and the paper's self-improvement
+cycles (the model answers training prompts, its checked failures become pairs or GRPO prompts, it trains on them,
+and is evaluated again).
+"""
 
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ class HybridStageConfig:
     train_pairs: int | None = None
     grpo_rows: int | None = 8
     # GRPO (sft_grpo, grpo cycles) leaves out prompts longer than this many tokens: TRL 1.16 has no option of its
-    # own, and a step's memory grows with them (11.6 GB at 1 000 tokens, 13.2 at 1 800: trainers.train_grpo)
+    # own, and a step's memory grows with them (trainers.train_grpo)
     grpo_max_prompt_length: int | None = 1024
     evaluate_categories: list[str] | None = field(default_factory=lambda: list(SMOKE_EVAL))
     seed: int = 0

@@ -1,11 +1,13 @@
-"""TODO docstring."""
+"""Stage 03: verified chosen/rejected pairs from stage 02's rows (the rejecter model's own checked failures
+plus synthetic negatives), with per-kind statistics and a review sample.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tinyllm_utils.backends.base import prompt_tokenizer  # noqa: F401  (re-exported for the notebook)
+from tinyllm_utils.backends.base import prompt_tokenizer
 from tinyllm_utils.data.pairs import (
     SYNTHETIC_KINDS,
     apply_review,

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Stage 04: supervised fine-tuning (LoRA and/or full) of the base on stage 02's rows; each trained model is
+exported and evaluated like the baseline (stages.common).
+"""
 
 from __future__ import annotations
 

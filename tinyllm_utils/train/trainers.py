@@ -1,4 +1,5 @@
-"""Training on TRL: SFT (full and LoRA), DPO, GRPO with bfcl's checker as reward, self-improvement cycles.
+"""Training on TRL: SFT (full and LoRA), DPO, GRPO with bfcl's checker as reward (the self-improvement cycle
+that strings them together is stage 06's, stages/hybrid.py).
 
     from tinyllm_utils.train import trainers
     model, tokenizer = trainers.load_for_training("gemma-3-270m")        # the de-quantized embedded GGUF
@@ -380,8 +381,9 @@ def _defaults(kind: str) -> dict:
         "use_cpu": not cuda,
         # bf16 autocast only on a GPU that has it; on this CPU fp32 (benchmarks/train_step.py measures both)
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
-        # off on CPU: 2x760-token LoRA steps fit in a few GB without it and run ~30 % faster (transformers 5's
-        # name: TRL's configs default the deprecated `gradient_checkpointing` to True, a FutureWarning every run)
+        # off on CPU: small LoRA steps fit in memory without it, and recomputing activations only slows them
+        # (transformers 5's name: TRL's configs default the deprecated `gradient_checkpointing` to True, a
+        # FutureWarning every run)
         "activation_checkpointing": cuda,
         "dataloader_pin_memory": cuda, "seed": 0, "disable_tqdm": True, "per_device_train_batch_size": 2,
     }
@@ -488,9 +490,9 @@ def save_final(model, tokenizer, folder: str | Path, spec: ModelSpec | None, met
 def release_memory() -> None:
     """Hand the memory training freed back to the OS before what follows it (merge, save, GGUF export, evaluation).
 
-    The pipeline's kernels keep freed memory for reuse (pipeline.KERNEL_MALLOC_ENV: training steps reuse it,
-    1.2-1.3x faster), so without this the heap a training run grew stays resident under the export: quick's
-    04 peaked at 8.9 GB just after its training's 7.9 GB (7.9 GB with this). glibc's malloc_trim; else a no-op."""
+    The pipeline's kernels keep freed memory for reuse (pipeline.KERNEL_MALLOC_ENV: training steps run faster
+    reusing it), so without this the heap a training run grew stays resident under the export, and the stage's
+    peak memory comes after training instead of during it. glibc's malloc_trim; else a no-op."""
     gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)
@@ -573,8 +575,8 @@ def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: Mode
 def train_end_token(lora, tokenizer):
     """`lora` with the answers' end token (the tokenizer's EOS: `<end_of_turn>` for Gemma) made trainable, unless
     it names its own `trainable_token_indices`. LoRA leaves the (tied) embedding frozen, and a base model's
-    `<end_of_turn>` row is untrained: measured on quick, LoRA SFT then ends a correct call with
-    `<end_of_turn>` at ~0.4 % probability, tied with unused tokens, so greedy decoding runs on into junk
+    `<end_of_turn>` row is untrained: LoRA SFT then gives `<end_of_turn>` after a correct call no more
+    probability than unused tokens, so greedy decoding runs on into junk
     (`[f(x=1)]eleSp[`). peft trains that one row (tied: input and output) and merges it like the adapter."""
     end_id = getattr(tokenizer, "eos_token_id", None)
     if lora is None or end_id is None or getattr(lora, "trainable_token_indices", None) is not None:
@@ -643,8 +645,7 @@ def train_grpo(model, tokenizer, train_ds, eval_ds, grpo_config, lora=None, out_
     LoRA, TRL builds one from the model's folder (load_for_training gives a loadable folder).
 
     Prompts longer than `max_prompt_length` tokens are left out (`dropped_too_long`): TRL 1.16 removed its own
-    option, and a step's memory grows with them (benchmarks/train_step.py, 2 prompts x 2 completions of 96
-    tokens: peak RSS 7.0 GB at 200-token prompts, 11.6 at 1 000, 13.2 at 1 800)."""
+    option, and a step's memory grows with them (benchmarks/train_step.py's grpo variant at several `--prompt-tokens`)."""
     if _is_peft(model):
         model = model.merge_and_unload()
     out_dir, spec, key, lora = _prepare("grpo", model, tokenizer, grpo_config, lora, train_ds, eval_ds, out_dir, spec)

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""What stage 01's notebook shows, and the analysis draws again for the report: per-category accuracy with
+intervals, the overall composites, failure modes, and the findings sentences of a baseline evaluation.
+"""
 
 from __future__ import annotations
 
@@ -10,73 +12,8 @@ import seaborn as sns
 
 from tinyllm_utils.analysis import runs
 from tinyllm_utils.analysis.runs import GROUP
-from tinyllm_utils.analysis.stats import mark_pareto
-from tinyllm_utils.backends.base import prompt_tokenizer  # noqa: F401  (re-exported for the notebook)
 from tinyllm_utils.bfcl.scoring import FAILURE_MODES
-from tinyllm_utils.data.pairs import KINDS
 
-
-def plot_curves(curves: pd.DataFrame | str | Path, title: str = ""):
-    """One panel per logged curve: loss (and eval loss), learning rate, grad norm, DPO reward margin and
-    accuracy, GRPO mean reward with its spread."""
-    import matplotlib.pyplot as plt
-
-    if not isinstance(curves, pd.DataFrame):
-        curves = pd.read_csv(curves)
-    panels = [c for c in ("loss", "learning_rate", "grad_norm", "rewards/margins", "rewards/accuracies", "reward")
-              if c in curves and curves[c].notna().any()]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.6 * max(len(panels), 1), 3), squeeze=False)
-    for ax, column in zip(axes[0], panels):
-        data = curves[["step", column]].dropna()
-        ax.plot(data["step"], data[column], marker=".", label=column)
-        if column == "loss" and "eval_loss" in curves and curves["eval_loss"].notna().any():
-            ev = curves[["step", "eval_loss"]].dropna()
-            ax.plot(ev["step"], ev["eval_loss"], marker="o", label="eval_loss")
-            ax.legend()
-        if column == "reward" and "reward_std" in curves:
-            spread = curves[["step", "reward", "reward_std"]].dropna()
-            ax.fill_between(spread["step"], spread["reward"] - spread["reward_std"],
-                            spread["reward"] + spread["reward_std"], alpha=0.2)
-        ax.set_title(column)
-        ax.set_xlabel("step")
-    fig.suptitle(title)
-    fig.tight_layout()
-    plt.close(fig)  # the caller shows the returned figure once
-    return fig
-
-
-def plot_lengths(splits: dict[str, list[dict]]):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    frame = pd.DataFrame([{"split": s, "category": r["category"], "prompt tokens": r["prompt_tokens"]}
-                          for s, rows in splits.items() for r in rows])
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.histplot(frame, x="prompt tokens", hue="split", multiple="stack", bins=30, ax=ax)
-    ax.set_title("Prompt length (BFCL system prompt + functions + question), model tokens")
-    fig.tight_layout()
-    plt.close(fig)  # the caller shows the returned figure once
-    return fig
-
-
-def plot_pair_stats(stats: pd.DataFrame):
-    """Stacked bars: pairs per rejection kind, split by category."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    counts = stats.pivot_table(index="kind", columns="category", values="pairs", aggfunc="sum", fill_value=0)
-    counts = counts.reindex([k for k in KINDS if k in counts.index])
-    fig, ax = plt.subplots(figsize=(9, 4))
-    counts.plot(kind="bar", stacked=True, ax=ax, colormap="tab10", width=0.7)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("")
-    ax.set_ylabel("pairs")
-    ax.set_title("Preference pairs per rejection kind (every pair verified by bfcl's checker)")
-    ax.legend(title="category", bbox_to_anchor=(1.01, 1), loc="upper left")
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    plt.close(fig)  # the caller shows the returned figure once
-    return fig
 BASELINE_STAGE = "01_baseline_evaluation"
 
 
@@ -186,44 +123,3 @@ def baseline_findings(metrics: pd.DataFrame, failures: pd.DataFrame) -> str:
                 top = modes.sort_values(ascending=False)
                 lines.append("Failures by kind: " + ", ".join(f"{k} {int(v)}" for k, v in top.items() if v) + ".")
     return "\n\n".join(lines)
-
-
-def plot_edge_pareto(table: pd.DataFrame, out_stem: str | Path | None = None):
-    """Accuracy vs decode latency (ms/token), marker area = peak RSS, Pareto front marked; saves
-    `<out_stem>.png` and `.pdf` when given. Returns the Figure."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    missing = [c for c in ("accuracy", "decode_ms_per_token", "peak_rss_mb") if c not in table]
-    table = table.reindex(columns=[*table.columns, *missing])  # partial results: an empty plot, not an error
-    data = table.dropna(subset=["accuracy", "decode_ms_per_token"]).copy()
-    data["accuracy %"] = 100 * data["accuracy"]
-    if "pareto" not in data:
-        data = mark_pareto(data)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(data=data, x="decode_ms_per_token", y="accuracy %", hue="method", style="quantization",
-                    size="peak_rss_mb", sizes=(40, 400), ax=ax, alpha=0.8)
-    front = data[data["pareto"]].sort_values("decode_ms_per_token")
-    ax.plot(front["decode_ms_per_token"], front["accuracy %"], "k--", lw=1, label="Pareto front")
-    ax.scatter(front["decode_ms_per_token"], front["accuracy %"], s=160, facecolors="none", edgecolors="k")
-    for _, row in data.iterrows():
-        ax.annotate(row["quantization"], (row["decode_ms_per_token"], row["accuracy %"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("decode latency (ms / token, lower is better)")
-    ax.set_ylabel("BFCL accuracy, categories that expect a call (%)")
-    n = sorted({int(v) for v in data["n"].dropna()}) if "n" in data else []
-    threads = sorted({int(v) for v in data["threads"].dropna()}) if "threads" in data else []
-    ax.set_title("Quantized variants: BFCL accuracy vs llama.cpp decode latency"
-                 + (f" at {'/'.join(map(str, threads))} threads" if threads else "")
-                 + (f"\n(n = {'/'.join(map(str, n))} entries per variant; marker area = peak RSS)" if n else ""),
-                 fontsize=9)
-    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7)
-    fig.tight_layout()
-    if out_stem is not None:
-        from tinyllm_utils.core.results import save_figure
-
-        out_stem = Path(out_stem)
-        out_stem.parent.mkdir(parents=True, exist_ok=True)
-        save_figure(fig, out_stem.parent, out_stem.name)
-    plt.close(fig)
-    return fig
