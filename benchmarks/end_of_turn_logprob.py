@@ -4,8 +4,9 @@
         --dataset outputs/quick/02_data_filtering/dataset --rows 8
 
 Base gemma-3-270m gives the end-of-turn token a very low log-prob after a call, and LoRA leaves its (tied)
-embedding row frozen; unless SFT lifts it near 0, answers run on past the call and the checker rejects them. Rows are stage-02
-training rows in the evaluation format (trainers.sft_dataset), scored with the model's own full logits.
+embedding row frozen; unless SFT lifts it near 0, answers run on past the call and the checker rejects them.
+Rows are stage-02 training rows in the evaluation format (trainers.sft_dataset), scored with the model's own
+full logits.
 """
 
 from __future__ import annotations

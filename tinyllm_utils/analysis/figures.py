@@ -63,10 +63,10 @@ def plot_method_ablation(results: pd.DataFrame):
     """Top: Table IV scores per model/method with 95 % intervals (Wilson; a composite: its categories' Wilson
     intervals combined). Bottom: accuracy on each category that every model/method was evaluated on (trained
     models are evaluated on a subset of stage 01's categories, so they have no composite scores), Wilson
-    intervals. Quantized variants (stage 08) have their own figure."""
+    intervals. Quantized variants (stage 07) have their own figure."""
     long = table_iv_long(results)
     columns = [c for c in TABLE_IV if c in set(long["column"])]
-    cats = results[(results["kind"] == "category") & ~results["stage"].astype(str).str.startswith("08")]
+    cats = results[(results["kind"] == "category") & ~results["stage"].astype(str).str.endswith("_edge_profile")]
     labels = list(dict.fromkeys([*long["label"], *cats["label"]]))
     per_label = [set(cats.loc[cats["label"] == label, "category"]) for label in dict.fromkeys(cats["label"])]
     shared = [c for c in ALL_CATEGORIES if per_label and all(c in s for s in per_label)]

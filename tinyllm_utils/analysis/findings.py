@@ -23,7 +23,7 @@ def default_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
       of the same base model;
     * an edge variant (a quantization other than F16) against the F16 variant of its method and stage.
 
-    A file evaluated again (stage 08's F16 is stage 06's export) is compared as a derived model only once, at its
+    A file evaluated again (stage 07's F16 is stage 06's export) is compared as a derived model only once, at its
     first evaluation: the same test twice would only enlarge Holm's family.
     """
     if not len(results):

@@ -34,7 +34,7 @@ class EdgeStageConfig:
 
 
 def run_edge_profile_stage(config: EdgeStageConfig, stage_dir: str | Path) -> dict:
-    """Stage 08: quantized variants of the chosen checkpoints (`best`: see `best_model`), each evaluated on
+    """Stage 07: quantized variants of the chosen checkpoints (`best`: see `best_model`), each evaluated on
     stage 01's entries and profiled on this machine."""
 
     stage_dir = Path(stage_dir)
