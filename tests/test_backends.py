@@ -22,12 +22,14 @@ def llama():
     return LlamaCppBackend(GEMMA, max_new_tokens=24, n_ctx=4096)
 
 
+@pytest.mark.slow
 def test_llama_cpp_is_deterministic_and_capped(llama):
     first, second = llama.generate(prompts()), llama.generate(prompts())
     assert [g.text for g in first] == [g.text for g in second]
     assert all(0 < g.completion_tokens <= 24 and g.prompt_tokens > 100 for g in first)
 
 
+@pytest.mark.slow
 def test_stop_when_hopeless_only_cuts_hopeless_text(llama):
     full = llama.generate(prompts(2))
     early = llama.generate(prompts(2), stop_when_hopeless=True)
@@ -46,6 +48,7 @@ def test_too_long_prompt_is_reported_not_crashed():
     assert generation.error == "inference:prompt_too_long" and generation.text == ""
 
 
+@pytest.mark.slow
 def test_transformers_batched_equals_one_by_one_and_has_one_bos():
     backend = TransformersBackend(GEMMA, max_new_tokens=12, batch_size=4)
     texts = prompts()

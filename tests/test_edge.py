@@ -30,6 +30,7 @@ def variants(tmp_path_factory):
     return out, quantize.quantize_variants(GGUF, out, ["Q8_0", "Q4_0"], allow_requantize=True, nthread=2)
 
 
+@pytest.mark.slow
 def test_quantize_round_trip(variants):
     out, paths = variants
     # One quantization per name: the source's own suffix (q4_k_m) is replaced, not kept.
@@ -44,6 +45,7 @@ def test_quantize_round_trip(variants):
     assert not list(out.glob("*.partial"))
 
 
+@pytest.mark.slow
 def test_quantize_resumes_and_refuses_quantized_input_without_permission(variants, tmp_path):
     out, paths = variants
     mtimes = [p.stat().st_mtime_ns for p in paths]
@@ -56,6 +58,7 @@ def test_quantize_resumes_and_refuses_quantized_input_without_permission(variant
         quantize.quantize_variants(GGUF, tmp_path, ["Q3_X"], check=False)
 
 
+@pytest.mark.slow
 def test_profile_returns_every_field(variants):
     _, paths = variants
     prompts = {"short": "<start_of_turn>user\nSay hi.<end_of_turn>\n<start_of_turn>model\n"}
@@ -79,6 +82,7 @@ def test_profile_returns_every_field(variants):
     assert result["machine"]["cpu_count"] >= 1 and result["runtime"] == "llama.cpp"
 
 
+@pytest.mark.slow
 def test_profile_decodes_end_to_end_under_the_evaluations_grammar(variants, tmp_path):
     _, paths = variants
     prompts = {"short": "<start_of_turn>user\nSay hi.<end_of_turn>\n<start_of_turn>model\n"}
@@ -217,6 +221,7 @@ def test_outputs_from_partial_results(tmp_path):
     assert outputs["recommendation"].loc[0, "quantization"] is None
 
 
+@pytest.mark.slow
 def test_a_profile_process_reports_its_own_peak_memory_not_its_parents():
     # getrusage's ru_maxrss in a fork + exec'd child starts at the parent's resident size: 08 once reported
     # the notebook kernel's 1.8 GB as the peak of every variant

@@ -145,6 +145,7 @@ def test_every_relevance_entry_lets_the_model_decline(accepts, category):
         assert all(accepts(grammar, text) for text in ("None of these functions can help.", "[]", "")), example.id
 
 
+@pytest.mark.slow
 def test_constrained_evaluation_writes_only_calls_or_prose(tmp_path):
     """End to end on the embedded model: grammar=True is recorded and every answer is prose or a call list
     that decodes to offered functions with their required parameters."""

@@ -96,6 +96,7 @@ def reference(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)  # about 8 GB of trained weights: free the disk for the modules after
 
 
+@pytest.mark.pipeline
 def test_smoke_pipeline_writes_every_stage(reference):
     stage = reference / "01_baseline_evaluation"
     executed = nbformat.read(stage / "01_baseline_evaluation.ipynb", as_version=4)
@@ -127,6 +128,7 @@ def test_smoke_pipeline_writes_every_stage(reference):
         "02_data_filtering": json.loads((data / "stage.json").read_text())["key"]}
 
 
+@pytest.mark.pipeline
 def test_every_trained_model_is_evaluated_like_the_baseline(reference):
     baseline_dir = reference / "01_baseline_evaluation" / "gemma-3-270m"
     baseline = json.loads((baseline_dir / "run.json").read_text())["parameters"]
@@ -169,6 +171,7 @@ def test_every_trained_model_is_evaluated_like_the_baseline(reference):
     assert not results["checkpoint"].dropna().str.startswith("/").any()  # named inside the outputs folder
 
 
+@pytest.mark.pipeline
 def test_rerun_with_nothing_changed_skips_every_stage(reference, capsys):
     capsys.readouterr()
     run_pipeline("smoke", run_id="reference", output_root=reference.parent, progress=False)
@@ -176,6 +179,7 @@ def test_rerun_with_nothing_changed_skips_every_stage(reference, capsys):
     assert out.count("skipped (done)") == len(SMOKE), out
 
 
+@pytest.mark.pipeline
 def test_upstream_change_reruns_exactly_the_stages_downstream(reference, tmp_path, capsys):
     root = tmp_path / "outputs"
     # the trained weights (GBs) play no part here: 04-06 only have to be there to be set aside
@@ -234,6 +238,7 @@ def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@pytest.mark.pipeline
 def test_sigkill_mid_stage_01_and_mid_stage_03_then_resume_gives_identical_results(reference, tmp_path):
     root = tmp_path / "outputs"
     run = root / "killed"

@@ -275,6 +275,7 @@ def test_a_synthetic_candidate_the_checker_accepts_is_not_kept(candidates, monke
     assert pairs.synthetic_negatives(row, 1, ["wrong_value"], random.Random(0)) == []
 
 
+@pytest.mark.slow
 def test_real_rejecter_on_two_rows(candidates, tmp_path):
     """The embedded gemma-3-270m on llama.cpp, 2 rows, 8 new tokens: its own text becomes rejected or not."""
     rows = [next(r for r in candidates if r["category"] == c) for c in ("simple_python", "irrelevance")]

@@ -199,6 +199,7 @@ def _sample_prompts() -> list[str]:
     return [entry_prompt(e.entry, SPEC) for e in examples]
 
 
+@pytest.mark.slow
 def test_server_predictions_match_the_in_process_backend(llama_server):
     server = llama_server()
     prompts = _sample_prompts()
@@ -212,6 +213,7 @@ def test_server_predictions_match_the_in_process_backend(llama_server):
     assert any(g.text for g in local)
 
 
+@pytest.mark.slow
 def test_killed_server_stops_the_run_clearly_and_a_rerun_completes(llama_server, tmp_path, monkeypatch):
     from tinyllm_utils.core.results import read_jsonl
     from tinyllm_utils.evaluation.evaluate import EvalConfig, evaluate

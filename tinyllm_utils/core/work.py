@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tinyllm_utils.core.params import PROJECT_ROOT
 from tinyllm_utils.core.results import write_json_atomic
 
 DONE = "stage.json"
@@ -55,7 +56,7 @@ def file_digests(parameters, resolve=Path) -> dict[str, str]:
     with `save_to_disk`, a checkpoint folder), so that editing one in place changes the key just as changing the
     parameter would. A folder holding the project (".") is not one a parameter means."""
     found: dict[str, str] = {}
-    project = Path(__file__).resolve().parents[2]
+    project = PROJECT_ROOT
 
     def walk(value):
         if isinstance(value, dict):
