@@ -17,7 +17,6 @@ from tinyllm_utils.bfcl.scoring import FAILURE_MODES
 BASELINE_STAGE = "01_baseline_evaluation"
 
 
-# ------------------------------------------------------------------------------- stage 01 (notebook 01's tables)
 
 def evaluations_in(stage_dir: str | Path) -> list[runs.Evaluation]:
     """Evaluation folders at any depth (a hub id `org/name` used as a folder name nests one level deeper)."""

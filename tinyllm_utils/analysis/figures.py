@@ -22,7 +22,6 @@ from tinyllm_utils.bfcl.scoring import FAILURE_MODES
 if TYPE_CHECKING:
     import pandas as pd
 
-# ------------------------------------------------------------------------------- every stage
 
 def table_iv_long(results: pd.DataFrame) -> pd.DataFrame:
     """Our Table IV values in long form with their intervals: label, column, value, ci_low, ci_high, n."""

@@ -29,7 +29,6 @@ TABLE_IV_LABELS = {"overall_v3": "overall (v3 scoring)", "overall_v4": "overall 
                    "relevance": "relevance", "irrelevance": "irrelevance"}
 
 
-# --------------------------------------------------------------------------------------------- reference rows
 
 REFERENCE_LEADERBOARDS = [("v4", "2025-12-16", ""), ("v3", "2025-06-14", "v3_2025-06-14_"),
                           ("v3", "2025-04-30", "v3_2025-04-30_")]

@@ -1,9 +1,9 @@
 """A run's saved evaluations as tidy tables: discovery, one row per model x category with intervals, one row per
 entry, cumulative training seconds, and the training curves.
 
-The analysis reads only files (`metrics.json`, `run.json`, `predictions/*.jsonl`, optional `training.json` / `profile.json`),
-never a model. An evaluation is any folder, at any depth under a run, that holds both `metrics.json` and
-`run.json`; its method, parent and quantization come from run.json's `model_spec` (missing: method "base").
+The analysis reads only files (`metrics.json`, `run.json`, `predictions/*.jsonl`, optional `training.json` /
+`profile.json`), never a model. An evaluation is any folder, at any depth under a run, that holds both
+`metrics.json` and `run.json`; its method, parent and quantization come from run.json's `model_spec` (missing: method "base").
 Only the entries an evaluation selected count (a folder reused with another limit keeps older predictions).
 
 Intervals: Wilson for a category (aggregate.wilson_interval); for a composite BFCL score, the categories' Wilson

@@ -19,7 +19,6 @@ ALPHA = 0.05
 PERMUTATIONS = 4999  # paired permutation test of a composite: p resolution 2e-4, still cheap at full BFCL size
 
 
-# --------------------------------------------------------------------------------------------- statistics
 
 def score_weights(formula: str, component: str, categories, counts: dict | None = None) -> dict[str, float] | None:
     """Linear weights of a BFCL composite over per-category accuracies (None if a needed category is missing).

@@ -5,8 +5,8 @@ by everything its results depend on. For a pipeline stage that is
 
     key = sha256(own parameters + the keys of the stages it reads + the code version)
 
-where the code version covers the stage's notebook and the package modules it imports (core.code_version). `open_work` compares the key with
-what the folder holds:
+where the code version covers the stage's notebook and the package modules it imports (core.code_version).
+`open_work` compares the key with what the folder holds:
 
 * `done`   - `stage.json` (written last, by atomic rename) holds this key: nothing to do;
 * `resume` - an interrupted run with this key left `stage.running.json`: keep its files (predictions are

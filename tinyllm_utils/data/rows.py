@@ -1,4 +1,5 @@
-"""The rows of stage 02 (stages/data_filtering.py): a clean, decontaminated, augmented function-calling training set (notebooks/02_data_filtering).
+"""The rows of stage 02 (stages/data_filtering.py): a clean, decontaminated, augmented function-calling training
+set (notebooks/02_data_filtering).
 
     sources (bfcl-eval's unused datasets, user datasets via converters)
       -> filters, in order, each counted: decontamination, target_parses, function_exists,

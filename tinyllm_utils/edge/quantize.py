@@ -23,7 +23,6 @@ FILE_TYPE_NAMES = {v: k for k, v in FILE_TYPES.items()}
 CHECK_PROMPT = "<start_of_turn>user\nWhat is 2 + 2?<end_of_turn>\n<start_of_turn>model\n"
 
 
-# ----------------------------------------------------------------------------------------------- quantization
 
 def gguf_file_type(path: str | Path) -> str:
     """The quantization a GGUF file declares (`general.file_type`), e.g. 'Q4_K_M' (registry.gguf_metadata)."""

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 from tinyllm_utils.analysis.edge_views import plot_edge_pareto
 from tinyllm_utils.analysis.stats import mark_pareto
 
-# -------------------------------------------------------------------------------- accuracy, tables, figure
 
 def paired_retention(reference: list[dict], variant: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     """Accuracy of a variant relative to its reference (F16) on the same BFCL entries.

@@ -16,7 +16,6 @@ from tinyllm_utils.models.families import (
     scoring_path,
 )
 
-# --- dry run ----------------------------------------------------------------------------------------------
 
 def dry_run(model: str, category: str = "simple_python") -> str:
     """What an evaluation of `model` would do, without weights or a tokenizer: mode, family, bfcl handler,

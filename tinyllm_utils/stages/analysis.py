@@ -39,7 +39,6 @@ from tinyllm_utils.analysis.reference import table_iv, table_iv_markdown
 from tinyllm_utils.analysis.runs import collect, entries, find_evaluations, save_table, training_curves
 from tinyllm_utils.core.results import save_figure, write_text_atomic
 
-# --------------------------------------------------------------------------------------------- stage entry
 
 @dataclass
 class AnalysisConfig:

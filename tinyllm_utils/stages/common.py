@@ -1,8 +1,8 @@
 """What the training stages (04 SFT, 05 DPO, 06 hybrid) and the edge stage (07) share: stage 01's protocol,
 stage 02's rows and stage 03's pairs, and the treatment of every trained checkpoint.
 
-Every training stage trains with TRL through tinyllm_utils.train.trainers, then treats each checkpoint exactly like the
-baseline: exported to GGUF (F16) when stage 01 ran on llama.cpp, and evaluated by the same evaluation core with
+Every training stage trains with TRL through tinyllm_utils.train.trainers, then treats each checkpoint exactly
+like the baseline: exported to GGUF (F16) when stage 01 ran on llama.cpp, and evaluated by the same evaluation core with
 stage 01's own protocol (categories, sample, seed, decoding, backend, read from the parameters stage 01 recorded
 in its run.json), into the same layout. `evaluate_categories` may name a subset of stage 01's categories (the
 smoke profile does, to stay cheap); the entries of a category are always stage 01's.

@@ -82,7 +82,6 @@ class DataConfig:
         return asdict(self)
 
 
-# ---------------------------------------------------------------- the whole stage
 
 
 def build_dataset(config: DataConfig, progress: bool = True) -> dict:

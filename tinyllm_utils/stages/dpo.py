@@ -32,7 +32,6 @@ class DPOStageConfig:
     seed: int = 0
 
 
-# ---------------------------------------------------------------- stage 05: DPO from the base
 
 
 def check_pairs_fit(stage_dir: Path, policy) -> None:

@@ -58,7 +58,7 @@ class HybridStageConfig:
     seed: int = 0
 
 
-# ---------------------------------------------------------------- stage 06: hybrids and cycles
+# ---------------------------------------------------------------- the stage
 
 
 def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[str, dict]:

@@ -53,7 +53,6 @@ class PairConfig:
         return asdict(self)
 
 
-# ---------------------------------------------------------------- the whole stage
 
 
 def run_stage(config: PairConfig, stage_dir: str | Path, data_dir: str | Path | None = None,

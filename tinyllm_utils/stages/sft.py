@@ -29,7 +29,6 @@ class SFTStageConfig:
     seed: int = 0
 
 
-# ---------------------------------------------------------------- stage 04: SFT
 
 
 def run_sft_stage(config: SFTStageConfig, stage_dir: str | Path) -> dict[str, dict]:
