@@ -5,7 +5,7 @@
 
 Base gemma-3-270m gives the end-of-turn token a very low log-prob after a call, and LoRA leaves its (tied)
 embedding row frozen; unless SFT lifts it near 0, answers run on past the call and the checker rejects them.
-Rows are stage-02 training rows in the evaluation format (trainers.sft_dataset), scored with the model's own
+Rows are stage-02 training rows in the evaluation format (formats.sft_dataset), scored with the model's own
 full logits.
 """
 
@@ -17,14 +17,14 @@ import statistics
 import torch
 
 from tinyllm_utils.data.pairs import load_stage02
-from tinyllm_utils.train import trainers
+from tinyllm_utils.train import formats, loading
 
 
 def end_of_turn_logprobs(model_name: str, dataset: str, rows: int) -> list[float]:
-    model, tokenizer = trainers.load_for_training(model_name)
+    model, tokenizer = loading.load_for_training(model_name)
     model.eval()
-    end_id = tokenizer.convert_tokens_to_ids(trainers.END_OF_TURN)
-    data = trainers.sft_dataset(load_stage02(dataset)["train"].select(range(rows)), "gemma", tokenizer)
+    end_id = tokenizer.convert_tokens_to_ids(loading.END_OF_TURN)
+    data = formats.sft_dataset(load_stage02(dataset)["train"].select(range(rows)), "gemma", tokenizer)
     out = []
     for row in data:
         ids = tokenizer(row["prompt"] + row["completion"], return_tensors="pt")["input_ids"]

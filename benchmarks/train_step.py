@@ -8,7 +8,7 @@ evaluation format. LoRA r 16 on all linear layers unless the variant says full f
 
   trl_default      TRL's SFTTrainer as shipped (its fused LM head scores every position off Triton)
   full_logits_*    the model's own loss on the full (B, T, 262k) logits (transformers' ForCausalLMLoss)
-  head_only_*      the study's head-only loss (trainers.add_head_only_lm_head: answer positions only)
+  head_only_*      the study's head-only loss (head_only.add_head_only_lm_head: answer positions only)
   *_end_row        ... with the end-of-turn embedding row trained too (trainers.train_end_token), as the stages'
                    LoRA runs do (dpo and grpo below too)
   full_ft_sft      head-only SFT, every weight trained (AdamW)
@@ -44,15 +44,14 @@ def _rows(tokenizer, prompt_tokens: int, answer_tokens: int, n: int) -> list[dic
     """Stage-02-shaped rows whose formatted prompt (with BOS) / answer (with end of turn) have the requested
     token counts: function docs are added, then filler words, until the prompt is long enough."""
     from tinyllm_utils.models.prompts import answer_text
-    from tinyllm_utils.train import trainers
-
+    from tinyllm_utils.train import formats, loading
     def count(text):
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
     def answer(filler):
         calls = [{"tool_0": {"query": "weather in Paris tomorrow" + " please" * filler, "limit": 3}},
                  {"tool_1": {"query": "flights from Oslo to Rome", "limit": 5}}]
-        return calls, answer_text(calls) + trainers.END_OF_TURN
+        return calls, answer_text(calls) + loading.END_OF_TURN
 
     rows = []
     for i in range(n):
@@ -61,7 +60,7 @@ def _rows(tokenizer, prompt_tokens: int, answer_tokens: int, n: int) -> list[dic
             row = {"id": f"bench_{i}", "category": "parallel",
                    "messages": json.dumps([{"role": "user", "content": f"Request {i}:" + " please" * words}]),
                    "functions": json.dumps(FUNCTIONS[:n_functions]), "target": "[]"}
-            prompt = trainers._prompt_and_answer(row, "gemma", tokenizer)["prompt"]
+            prompt = formats.prompt_and_answer(row, "gemma", tokenizer)["prompt"]
             have = count(prompt) + 1  # + BOS
             if have >= prompt_tokens:
                 break
@@ -103,13 +102,12 @@ def child(variant: str, steps: int, batch: int, prompt_tokens: int, answer_token
     from trl import SFTTrainer
 
     from tinyllm_utils.core.results import peak_rss_mb
-    from tinyllm_utils.train import trainers
-
+    from tinyllm_utils.train import formats, head_only, loading, reward, trainers
     torch.manual_seed(0)
-    model, tokenizer = trainers.load_for_training("gemma-3-270m")
+    model, tokenizer = loading.load_for_training("gemma-3-270m")
     rows = _rows(tokenizer, prompt_tokens, answer_tokens, batch * (steps + warmup))
     bf16 = variant.endswith("bf16")
-    lora = None if variant == "full_ft_sft" else trainers.default_lora()
+    lora = None if variant == "full_ft_sft" else loading.default_lora()
     if variant.endswith("_end_row") or variant in ("dpo", "grpo"):  # as trainers.train_sft/dpo/grpo configure it
         lora = trainers.train_end_token(lora, tokenizer)
     common = {"max_steps": steps + warmup, "per_device_train_batch_size": batch, "save_strategy": "no",
@@ -119,15 +117,15 @@ def child(variant: str, steps: int, batch: int, prompt_tokens: int, answer_token
         data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["completion"],
                                    "rejected": r["completion"].replace("Paris", "Rome")} for r in rows])
         config = trainers.dpo_config_from_dict({**common, "output_dir": "/tmp/bench-dpo"})
-        trainer = trainers.trainer_classes()["dpo"](model=model, args=config, train_dataset=data,
+        trainer = head_only.trainer_classes()["dpo"](model=model, args=config, train_dataset=data,
                                                     processing_class=tokenizer, peft_config=lora)
         tokens_per_step = 2 * batch * (prompt_tokens + answer_tokens)  # chosen and rejected sequences
     elif variant == "grpo":
-        data = trainers.grpo_dataset([r["row"] for r in rows], "gemma", tokenizer)
+        data = formats.grpo_dataset([r["row"] for r in rows], "gemma", tokenizer)
         config = trainers.grpo_config_from_dict({
             "max_steps": steps + warmup, "per_device_train_batch_size": batch, "num_generations": 2,
             "max_completion_length": answer_tokens, "save_strategy": "no", "output_dir": "/tmp/bench-grpo"})
-        trainer = trainers.trainer_classes()["grpo"](model=model, reward_funcs=[trainers.checker_reward], args=config,
+        trainer = head_only.trainer_classes()["grpo"](model=model, reward_funcs=[reward.checker_reward], args=config,
                                                      train_dataset=data, processing_class=tokenizer, peft_config=lora)
         tokens_per_step = None  # measured from the logged completion lengths
     else:
@@ -142,7 +140,7 @@ def child(variant: str, steps: int, batch: int, prompt_tokens: int, answer_token
                     return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             cls = FullLogitsSFTTrainer
         else:
-            cls = trainers.trainer_classes()["sft"]
+            cls = head_only.trainer_classes()["sft"]
         trainer = cls(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
         tokens_per_step = batch * (prompt_tokens + answer_tokens)
     trainer.add_callback(timer.callback())

@@ -18,7 +18,7 @@ from tiny_model import build_tiny_model
 from tinyllm_utils.analysis import training_views
 from tinyllm_utils.models.registry import ModelSpec, resolve_model
 from tinyllm_utils.stages import hybrid
-from tinyllm_utils.train import trainers
+from tinyllm_utils.train import formats, head_only, loading, reward, trainers
 
 torch.set_num_threads(1)  # tiny matrices: threads only add contention on a shared 2-core machine
 
@@ -56,7 +56,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    return trainers.load_for_training(str(tiny_dir))
+    return loading.load_for_training(str(tiny_dir))
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_sft_rows_are_the_evaluation_prompt_plus_the_answer(tiny):
     from tinyllm_utils.data.rows import row_entry
     from tinyllm_utils.models.prompts import first_turn_messages, format_prompt
 
-    data = trainers.sft_dataset(ROWS + [IRRELEVANT])
+    data = formats.sft_dataset(ROWS + [IRRELEVANT])
     assert data[0]["prompt"] == format_prompt(first_turn_messages(row_entry(ROWS[0]))[0], "gemma")
     assert data[0]["prompt"].endswith("<start_of_turn>model\n")
     assert data[0]["completion"] == "[add(a=2, b=3)]<end_of_turn>"
@@ -100,8 +100,8 @@ def test_sft_rows_are_the_evaluation_prompt_plus_the_answer(tiny):
 
 def test_head_only_loss_equals_the_full_logits_loss(tiny, model):
     tokenizer = tiny[1]
-    trainer = trainers.trainer_classes()["sft"](
-        model=model, args=_sft_config(output_dir="unused"), train_dataset=trainers.sft_dataset(ROWS),
+    trainer = head_only.trainer_classes()["sft"](
+        model=model, args=_sft_config(output_dir="unused"), train_dataset=formats.sft_dataset(ROWS),
         processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
     answer = (batch["labels"] != -100).sum().item()
@@ -112,7 +112,7 @@ def test_head_only_loss_equals_the_full_logits_loss(tiny, model):
     head.backward()
     head_grad = model.model.layers[0].mlp.down_proj.weight.grad.clone()
     model.zero_grad()
-    full = trainers.full_logits_loss(model, batch)  # transformers' own loss on all (B, T, 262k) logits
+    full = head_only.full_logits_loss(model, batch)  # transformers' own loss on all (B, T, 262k) logits
     full.backward()
     full_grad = model.model.layers[0].mlp.down_proj.weight.grad
     assert head.item() == pytest.approx(full.item(), rel=1e-5)
@@ -123,25 +123,25 @@ def test_head_only_loss_trains_the_end_token_row_and_honours_disabled_adapters(t
     from peft import get_peft_model
 
     tokenizer = tiny[1]
-    lora = trainers.train_end_token(trainers.default_lora(), tokenizer)
+    lora = trainers.train_end_token(loading.default_lora(), tokenizer)
     assert lora.trainable_token_indices == [tokenizer.convert_tokens_to_ids("<end_of_turn>")]
     peft_model = get_peft_model(model, lora)
     delta = peft_model.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"]
     with torch.no_grad():  # a trained row (peft starts it equal to the base row)
         delta.mul_(3.0)
-    trainer = trainers.trainer_classes()["sft"](
-        model=peft_model, args=_sft_config(output_dir="unused"), train_dataset=trainers.sft_dataset(ROWS),
+    trainer = head_only.trainer_classes()["sft"](
+        model=peft_model, args=_sft_config(output_dir="unused"), train_dataset=formats.sft_dataset(ROWS),
         processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
 
     head = trainer.compute_loss(trainer.model, dict(batch))
     head.backward()
     assert delta.grad is not None and delta.grad.abs().sum() > 0  # every answer ends with <end_of_turn>
-    full = trainers.full_logits_loss(peft_model, batch)
+    full = head_only.full_logits_loss(peft_model, batch)
     assert head.item() == pytest.approx(full.item(), rel=1e-5)
     with peft_model.disable_adapter():  # DPO's LoRA reference: the base model's own row
         disabled = trainer.compute_loss(trainer.model, dict(batch))
-        assert disabled.item() == pytest.approx(trainers.full_logits_loss(peft_model, batch).item(), rel=1e-5)
+        assert disabled.item() == pytest.approx(head_only.full_logits_loss(peft_model, batch).item(), rel=1e-5)
     assert disabled.item() != pytest.approx(head.item(), rel=1e-3)
 
 
@@ -150,9 +150,9 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
     from transformers import AutoModelForCausalLM
 
     tokenizer = tiny[1]
-    data = trainers.sft_dataset(ROWS)
+    data = formats.sft_dataset(ROWS)
     out = tmp_path / "sft"
-    result = trainers.train_sft(model, tokenizer, data, None, _sft_config(), trainers.default_lora(), out,
+    result = trainers.train_sft(model, tokenizer, data, None, _sft_config(), loading.default_lora(), out,
                                 stage_key="04_sft")
     curves = pd.read_csv(out / "curves.csv")
     assert {"loss", "learning_rate", "grad_norm"} <= set(curves.columns)
@@ -188,7 +188,7 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
     # a rerun with the same parameters returns the finished result without training, its files where the
     # folder is now
     moved = out.rename(tmp_path / "moved")
-    again = trainers.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(), trainers.default_lora(), moved)
+    again = trainers.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(), loading.default_lora(), moved)
     assert again["seconds"] == result["seconds"]
     assert (again["path"], again["curves"]) == (str(moved / "final"), str(moved / "curves.csv"))
     moved.rename(out)
@@ -201,7 +201,7 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
     # killed while saving checkpoint-6: weights written, not the trainer state (transformers writes it last)
     (out / "checkpoints" / "checkpoint-6" / "trainer_state.json").unlink()
     shutil.rmtree(final)
-    resumed = trainers.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(), trainers.default_lora(), out)
+    resumed = trainers.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(), loading.default_lora(), out)
     assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["global_step"] == 6
     assert (out / "checkpoints" / "checkpoint-6" / "trainer_state.json").exists()  # written whole this time
     # its seconds count from checkpoint-3: the tokens its rate divides must too (quick's resumed SFT read 153
@@ -217,22 +217,22 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
     # other parameters in the same folder are refused, naming what differs
     with pytest.raises(ValueError, match="config"):
         trainers.train_sft(_copy(tiny[0]), tokenizer, data, None, _sft_config(learning_rate=1e-3),
-                           trainers.default_lora(), out)
+                           loading.default_lora(), out)
 
 
 def test_full_sft_then_dpo_from_its_checkpoint(tiny, model, tmp_path):
-    sft = trainers.train_sft(model, tiny[1], trainers.sft_dataset(ROWS), trainers.sft_dataset(ROWS[:2]),
+    sft = trainers.train_sft(model, tiny[1], formats.sft_dataset(ROWS), formats.sft_dataset(ROWS[:2]),
                              _sft_config(max_steps=3, learning_rate=3e-3, save_strategy="no", eval_strategy="steps",
                                          eval_steps=3), None, tmp_path / "sft")  # checkpoints: tested with LoRA
     losses = pd.read_csv(tmp_path / "sft" / "curves.csv")["loss"].dropna().tolist()
     assert losses[-1] < losses[0] and "eval_loss" in sft["final_metrics"]
     assert resolve_model(sft["path"]).method == "sft"
 
-    policy, tokenizer = trainers.load_for_training(sft["path"])  # hybrid: DPO starts from the SFT model
+    policy, tokenizer = loading.load_for_training(sft["path"])  # hybrid: DPO starts from the SFT model
     config = trainers.dpo_config_from_dict({"max_steps": 3, "learning_rate": 1e-3, "beta": 0.5, "save_strategy": "no",
                                             "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5],
                                             "lr_scheduler_type": "constant"})
-    dpo = trainers.train_dpo(policy, tokenizer, trainers.dpo_dataset(_pairs()), None, config, None, tmp_path / "dpo")
+    dpo = trainers.train_dpo(policy, tokenizer, formats.dpo_dataset(_pairs()), None, config, None, tmp_path / "dpo")
     curves = pd.read_csv(tmp_path / "dpo" / "curves.csv")
     assert curves["rewards/margins"].dropna().iloc[-1] > 0  # 0 at the first step: the explicit copy is the reference
     spec = resolve_model(dpo["path"])
@@ -244,7 +244,7 @@ def _pairs():
 
     rows = []
     for row in ROWS:
-        example = trainers._prompt_and_answer(row, "gemma")
+        example = formats.prompt_and_answer(row, "gemma")
         rows.append({"prompt": example["prompt"], "chosen": example["completion"],
                      "rejected": "[get_weather(city='nowhere')]<end_of_turn>"})
     return Dataset.from_list(rows)
@@ -255,8 +255,8 @@ def test_dpo_lora_learns_the_preference(tiny, model, tmp_path):
                                             "lr_scheduler_type": "constant"})
     too_long = {**_pairs()[0], "rejected": "[add(a=1, b=1)] " * 400}  # > max_length (2048): left out, not cut
     pairs = _pairs().add_item(too_long)
-    result = trainers.train_dpo(model, tiny[1], trainers.dpo_dataset(pairs), None, config,
-                                trainers.default_lora(), tmp_path / "dpo")
+    result = trainers.train_dpo(model, tiny[1], formats.dpo_dataset(pairs), None, config,
+                                loading.default_lora(), tmp_path / "dpo")
     assert (result["rows"], result["dropped_too_long"]) == (len(ROWS), 1)
     curves = pd.read_csv(tmp_path / "dpo" / "curves.csv")
     margins = curves["rewards/margins"].dropna().tolist()  # reference: the policy with its adapter disabled
@@ -269,24 +269,24 @@ def test_dpo_lora_learns_the_preference(tiny, model, tmp_path):
 def test_rows_that_do_not_fit_max_length_are_left_out_not_cut(tiny):
     from datasets import Dataset
 
-    example = trainers._prompt_and_answer(ROWS[0], "gemma")
+    example = formats.prompt_and_answer(ROWS[0], "gemma")
     short, long = "[add(a=2)]<end_of_turn>", "[add(a=2, b=3)] " * 40
     pairs = Dataset.from_list([{"prompt": example["prompt"], "chosen": example["completion"], "rejected": short},
                                {"prompt": example["prompt"], "chosen": example["completion"], "rejected": long}])
     fits = len(tiny[1](example["prompt"] + example["completion"]).input_ids) + 20  # the long answer does not
-    kept, dropped = trainers.drop_too_long(pairs, tiny[1], fits, ("chosen", "rejected"))
+    kept, dropped = formats.drop_too_long(pairs, tiny[1], fits, ("chosen", "rejected"))
     assert dropped == 1 and kept["rejected"] == [short]  # either answer too long drops the pair
-    assert trainers.drop_too_long(pairs, tiny[1], fits, ("chosen",))[1] == 0
-    sft_rows = trainers.sft_dataset(ROWS)
-    assert trainers.drop_too_long(sft_rows, tiny[1], None) == (sft_rows, 0)
-    assert trainers.drop_too_long(None, tiny[1], fits) == (None, 0)  # no eval set
+    assert formats.drop_too_long(pairs, tiny[1], fits, ("chosen",))[1] == 0
+    sft_rows = formats.sft_dataset(ROWS)
+    assert formats.drop_too_long(sft_rows, tiny[1], None) == (sft_rows, 0)
+    assert formats.drop_too_long(None, tiny[1], fits) == (None, 0)  # no eval set
     with pytest.raises(ValueError, match="none of the 2 rows fits max_length=8"):
-        trainers.drop_too_long(pairs, tiny[1], 8, ("chosen", "rejected"))
+        formats.drop_too_long(pairs, tiny[1], 8, ("chosen", "rejected"))
 
 
 def test_checker_reward_scores_only_what_the_checker_accepts(tmp_path):
     rows = ROWS[:1] * 6 + [IRRELEVANT] * 2
-    columns = {c: [r[c] for r in rows] for c in trainers.GRPO_COLUMNS}
+    columns = {c: [r[c] for r in rows] for c in formats.GRPO_COLUMNS}
     marker = tmp_path / "pwned"
     completions = [
         "[add(a=2, b=3)]<end_of_turn>",  # correct
@@ -298,29 +298,29 @@ def test_checker_reward_scores_only_what_the_checker_accepts(tmp_path):
         "None of the provided functions can answer this request.",  # irrelevance: no call is right
         f"[add(a=open('{marker}', 'w'), b=1)]",  # a call on an irrelevance prompt is wrong
     ]
-    rewards = trainers.checker_reward(prompts=[""] * len(rows), completions=completions, **columns)
+    rewards = reward.checker_reward(prompts=[""] * len(rows), completions=completions, **columns)
     assert rewards == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert not marker.exists()
     conversational = [[{"role": "assistant", "content": "[add(a=2, b=3)]"}]]
-    assert trainers.checker_reward([""], conversational, **{c: v[:1] for c, v in columns.items()}) == [1.0]
+    assert reward.checker_reward([""], conversational, **{c: v[:1] for c, v in columns.items()}) == [1.0]
     # a row the scorer cannot read fails every completion: a broken run, not a batch of wrong answers
     broken = {**{c: v[:2] for c, v in columns.items()}, "functions": ["not json"] * 2}
     with pytest.raises(RuntimeError, match="scoring failed on every completion"):
-        trainers.checker_reward([""] * 2, completions[:2], **broken)
+        reward.checker_reward([""] * 2, completions[:2], **broken)
 
 
 def test_grpo_runs_with_the_checker_reward(tiny, model, tmp_path):
-    data = trainers.grpo_dataset(ROWS)
+    data = formats.grpo_dataset(ROWS)
     config = trainers.grpo_config_from_dict({"max_steps": 2, "num_generations": 2, "per_device_train_batch_size": 2,
                                              "max_completion_length": 8, "save_steps": 2})
     # a prompt longer than max_prompt_length is left out (TRL 1.16 has no option of its own)
     longest = max(len(tiny[1](prompt).input_ids) for prompt in data["prompt"])
     long_row = _row(8, "What is 2 plus 3? " * 20, [{"add": {"a": 2, "b": 3}}])
-    data = trainers.grpo_dataset(ROWS + [long_row])
-    result = trainers.train_grpo(model, tiny[1], data, None, config, trainers.default_lora(), tmp_path / "grpo",
+    data = formats.grpo_dataset(ROWS + [long_row])
+    result = trainers.train_grpo(model, tiny[1], data, None, config, loading.default_lora(), tmp_path / "grpo",
                                  max_prompt_length=longest)
     assert (result["rows"], result["dropped_too_long"], result["global_step"]) == (4, 1, 2)
-    with pytest.raises(trainers.NothingFitsError, match="max_length=8"):
+    with pytest.raises(formats.NothingFitsError, match="max_length=8"):
         trainers.train_grpo(model, tiny[1], data, None, config, None, tmp_path / "grpo-short", max_prompt_length=8)
     curves = pd.read_csv(tmp_path / "grpo" / "curves.csv")
     assert {"reward", "reward_std", "rewards/checker_reward/mean"} <= set(curves.columns)
@@ -341,7 +341,7 @@ def test_self_improvement_cycle_trains_on_the_models_own_failures(tiny_dir, tmp_
     wrong = FakeBackend(lambda prompt: "[get_weather(city='Paris')]" if "Paris" in prompt or "Oslo" in prompt
                         else "[add(a=0, b=0)]")
     result = hybrid.self_improvement_cycle(str(tiny_dir), stage02, tmp_path / "cycle1",
-                                             {"max_steps": 2, "learning_rate": 1e-3}, lora=trainers.default_lora(),
+                                             {"max_steps": 2, "learning_rate": 1e-3}, lora=loading.default_lora(),
                                              backend=wrong, stage_key="06_cycle1")
     assert result["trained"] and result["rows"] == 4 and result["failed"] == 3 and result["pairs"] == 3
     # its answering: the seconds the generator recorded per answer (the fake's 1 ms each); its training's, result.json's
@@ -353,7 +353,7 @@ def test_self_improvement_cycle_trains_on_the_models_own_failures(tiny_dir, tmp_
     # rerun (a stage resumed after the cycle trained): nothing answered or trained again, the same cost
     silent = FakeBackend(lambda prompt: pytest.fail("answered again"))
     again = hybrid.self_improvement_cycle(str(tiny_dir), stage02, tmp_path / "cycle1",
-                                            {"max_steps": 2, "learning_rate": 1e-3}, lora=trainers.default_lora(),
+                                            {"max_steps": 2, "learning_rate": 1e-3}, lora=loading.default_lora(),
                                             backend=silent, stage_key="06_cycle1")
     assert (again["path"], again["generation_seconds"], silent.calls) == (result["path"], result["generation_seconds"], 0)
     assert json.loads((tmp_path / "cycle1" / "dpo" / "result.json").read_text()) == trained
@@ -379,7 +379,7 @@ def test_a_cycle_checks_its_training_block_before_it_answers(tiny_dir, tmp_path)
 
 def test_an_empty_training_set_is_refused_by_name(tiny, model, tmp_path):
     with pytest.raises(ValueError, match="sft: the training set is empty"):
-        trainers.train_sft(model, tiny[1], trainers.sft_dataset([]), None, _sft_config(), None, tmp_path / "sft")
+        trainers.train_sft(model, tiny[1], formats.sft_dataset([]), None, _sft_config(), None, tmp_path / "sft")
 
 
 def test_a_cycle_whose_pairs_are_all_too_long_skips_with_the_reason(tiny_dir, tmp_path):
@@ -391,7 +391,7 @@ def test_a_cycle_whose_pairs_are_all_too_long_skips_with_the_reason(tiny_dir, tm
 
     stage02 = DatasetDict({"train": Dataset.from_list(ROWS), "validation": Dataset.from_list(ROWS[:1])})
     result = hybrid.self_improvement_cycle(str(tiny_dir), stage02, tmp_path / "cycle1",
-                                             {"max_steps": 1, "max_length": 8}, lora=trainers.default_lora(),
+                                             {"max_steps": 1, "max_length": 8}, lora=loading.default_lora(),
                                              backend=FakeBackend(lambda prompt: "[add(a=0, b=0)]"))
     assert not result["trained"] and result["pairs"] >= 1
     assert "max_length=8" in result["skipped"]
@@ -482,7 +482,7 @@ def test_a_cycle_answers_with_the_model_as_the_evaluation_runs_it(tiny_dir, tmp_
     monkeypatch.setattr(factory, "make_backend", make_backend)
     stage02 = DatasetDict({"train": Dataset.from_list(ROWS), "validation": Dataset.from_list(ROWS[:1])})
     result = hybrid.self_improvement_cycle(str(tiny_dir), stage02, tmp_path / "cycle1",
-                                             {"max_steps": 1, "learning_rate": 1e-3}, lora=trainers.default_lora(),
+                                             {"max_steps": 1, "learning_rate": 1e-3}, lora=loading.default_lora(),
                                              backend="llama_cpp", generator=str(exported))
     assert asked == [(str(exported.resolve()), "llama_cpp")]
     assert result["trained"] and result["pairs"] >= 1
@@ -661,10 +661,10 @@ def test_a_model_evaluated_on_bfcls_own_prompt_is_refused_for_training():
     """Rows are rendered as Gemma turns or a chat template with Python call answers: xLAM-2 (JSON answers in
     bfcl's xLAM prompt) or Qwen3 (bfcl's Qwen prompt) would train on text their evaluation never shows."""
     for name in ("xlam-2-1b-fc-r", "qwen3-1.7b", "qwen3-1.7b-fc"):
-        with pytest.raises(trainers.UntrainableFamilyError, match="would train on prompts"):
-            trainers.load_for_training(name)
-    trainers.check_trainable(resolve_model("gemma-3-270m"))
-    trainers.check_trainable(resolve_model("tinyllama-1.1b-chat"))  # generic: the chat template both ways
+        with pytest.raises(loading.UntrainableFamilyError, match="would train on prompts"):
+            loading.load_for_training(name)
+    loading.check_trainable(resolve_model("gemma-3-270m"))
+    loading.check_trainable(resolve_model("tinyllama-1.1b-chat"))  # generic: the chat template both ways
 
 
 def test_dpo_refuses_pairs_written_in_another_models_prompt_format(tmp_path):

@@ -12,7 +12,6 @@ from tinyllm_utils.stages.edge_profile import run_edge_profile_stage
 from tinyllm_utils.stages.hybrid import run_hybrid_stage
 from tinyllm_utils.stages.sft import run_sft_stage
 
-
 STAGE_RUNNERS = {"04_sft": run_sft_stage, "05_dpo": run_dpo_stage, "06_hybrid": run_hybrid_stage,
                  "07_edge_profile": run_edge_profile_stage}
 

@@ -173,9 +173,8 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
 
 
 def lora_for(config, enabled: bool = True):
-    from tinyllm_utils.train import trainers
-
-    return trainers.default_lora(**config.lora) if enabled else None
+    from tinyllm_utils.train import loading
+    return loading.default_lora(**config.lora) if enabled else None
 
 
 def tokens_seen(config: dict) -> dict:

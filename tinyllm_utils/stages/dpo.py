@@ -52,13 +52,12 @@ def check_pairs_fit(stage_dir: Path, policy) -> None:
 
 
 def train_dpo_method(start: str, pairs, block: dict, config, method_dir: Path, name: str):
-    from tinyllm_utils.train import trainers
-
+    from tinyllm_utils.train import formats, loading, trainers
     check_pairs_fit(method_dir.parent, resolve_model(start))  # before minutes of loading
-    model, tokenizer = trainers.load_for_training(start)
+    model, tokenizer = loading.load_for_training(start)
     spec = model._tinyllm_spec
     dpo = trainers.dpo_config_from_dict(tokens_seen(dict(block, seed=config.seed)))
-    return trainers.train_dpo(model, tokenizer, trainers.dpo_dataset(pairs), None, dpo,
+    return trainers.train_dpo(model, tokenizer, formats.dpo_dataset(pairs), None, dpo,
                               lora_for(config, config.use_lora), method_dir, spec=spec, name=name)
 
 

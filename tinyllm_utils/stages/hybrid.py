@@ -25,16 +25,9 @@ from tinyllm_utils.stages.common import (
     tokens_seen,
 )
 from tinyllm_utils.stages.dpo import train_dpo_method
-from tinyllm_utils.train.trainers import (
-    NothingFitsError,
-    dpo_config_from_dict,
-    dpo_dataset,
-    grpo_config_from_dict,
-    grpo_dataset,
-    load_for_training,
-    train_dpo,
-    train_grpo,
-)
+from tinyllm_utils.train.formats import NothingFitsError, dpo_dataset, grpo_dataset
+from tinyllm_utils.train.loading import load_for_training
+from tinyllm_utils.train.trainers import dpo_config_from_dict, grpo_config_from_dict, train_dpo, train_grpo
 
 
 @dataclass
@@ -62,8 +55,7 @@ class HybridStageConfig:
 
 
 def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[str, dict]:
-    from tinyllm_utils.train import trainers
-
+    from tinyllm_utils.train import formats, loading, trainers
     stage_dir = Path(stage_dir)
     protocol = eval_protocol(stage_dir, config.evaluate_categories)
     start = stage04_model(stage_dir, config.start)
@@ -75,8 +67,8 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
         result = train_dpo_method(str(start), pairs, config.sft_dpo, config, stage_dir / "sft-dpo", f"{base}-sft-dpo")
         results["sft→dpo"] = finish_model(result, stage_dir / "sft-dpo", "sft→dpo", str(start), protocol)
     if config.sft_grpo is not None:
-        model, tokenizer = trainers.load_for_training(str(start))
-        prompts = trainers.grpo_dataset(sample_rows(load_stage02(stage_dir)["train"], config.grpo_rows, config.seed),
+        model, tokenizer = loading.load_for_training(str(start))
+        prompts = formats.grpo_dataset(sample_rows(load_stage02(stage_dir)["train"], config.grpo_rows, config.seed),
                                         start_spec.prompt_format, tokenizer)
         grpo = trainers.grpo_config_from_dict(tokens_seen(dict(config.sft_grpo, seed=config.seed)))
         result = trainers.train_grpo(model, tokenizer, prompts, None, grpo, lora_for(config, config.use_lora),

@@ -23,7 +23,7 @@ class SFTStageConfig:
     model: str = "gemma-3-270m"  # the base model (registry name, hub id or folder)
     lora_sft: dict | None = field(default_factory=lambda: {"max_steps": 2, "learning_rate": 2e-4})
     full_sft: dict | None = None  # trl.SFTConfig fields for full fine-tuning; None skips it
-    lora: dict = field(default_factory=dict)  # peft.LoraConfig fields over trainers.LORA_DEFAULTS
+    lora: dict = field(default_factory=dict)  # peft.LoraConfig fields over loading.LORA_DEFAULTS
     train_rows: int | None = 8  # seeded sample of stage-02 train rows; None = all of them
     evaluate_categories: list[str] | None = field(default_factory=lambda: list(SMOKE_EVAL))
     seed: int = 0
@@ -32,8 +32,7 @@ class SFTStageConfig:
 
 
 def run_sft_stage(config: SFTStageConfig, stage_dir: str | Path) -> dict[str, dict]:
-    from tinyllm_utils.train import trainers
-
+    from tinyllm_utils.train import formats, loading, trainers
     stage_dir = Path(stage_dir)
     protocol = eval_protocol(stage_dir, config.evaluate_categories)
     data = load_stage02(stage_dir)
@@ -43,10 +42,10 @@ def run_sft_stage(config: SFTStageConfig, stage_dir: str | Path) -> dict[str, di
         if block is None:
             continue
         method_dir = stage_dir / label
-        model, tokenizer = trainers.load_for_training(config.model)
+        model, tokenizer = loading.load_for_training(config.model)
         spec = model._tinyllm_spec
         sft = trainers.sft_config_from_dict(tokens_seen(dict(block, seed=config.seed)))
-        result = trainers.train_sft(model, tokenizer, trainers.sft_dataset(train, spec.prompt_format, tokenizer),
+        result = trainers.train_sft(model, tokenizer, formats.sft_dataset(train, spec.prompt_format, tokenizer),
                                     None, sft, lora_for(config, lora), method_dir, spec=spec,
                                     name=f"{spec.name}-{label}")
         results[label] = finish_model(result, method_dir, label, spec.name, protocol)
