@@ -27,12 +27,18 @@ reproduce: install
 	$(PY) -m tinyllm_utils.pipeline --profile $(PROFILE) --run-id $(RUN_ID)
 	$(PY) -m tinyllm_utils.stages.analysis --run outputs/$(RUN_ID) --out paper_figures
 
-# nbval runs the notebooks whose smoke workload is cheap on their own; the smoke pipeline test runs every stage.
+# Test tiers (pytest markers, pyproject.toml): `make test` leaves out the `slow` tests (the embedded 270M model on
+# llama.cpp, real quantization and profiles) and the `pipeline` tests (the smoke pipeline, kill-and-resume); nbval
+# runs the notebooks whose smoke workload is cheap on their own. `make test-all` runs every test once: the pipeline
+# tests execute every notebook, so nbval is not run again there.
 NBVAL_NOTEBOOKS := notebooks/01_baseline_evaluation.ipynb notebooks/02_data_filtering.ipynb \
 	notebooks/03_pair_construction.ipynb notebooks/08_analysis.ipynb
 
 test: install
-	$(PY) -m pytest tests $(NBVAL_NOTEBOOKS) --nbval-lax -p no:cacheprovider
+	$(PY) -m pytest tests $(NBVAL_NOTEBOOKS) --nbval-lax -p no:cacheprovider -m "not slow and not pipeline"
+
+test-all: install
+	$(PY) -m pytest tests -p no:cacheprovider
 
 figures: install
 	$(PY) -m tinyllm_utils.stages.analysis --run outputs/$(RUN_ID) --out paper_figures
