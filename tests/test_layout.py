@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tinyllm_utils.core import code_version
 from tinyllm_utils.core.profiles import STAGES
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tinyllm_utils"
@@ -20,19 +21,7 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def runtime_imports(path: Path):
-    """(module imported, names) for every import that can run: a function's too, not those under TYPE_CHECKING."""
-    tree = ast.parse(path.read_text())
-    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and "TYPE_CHECKING" in ast.unparse(node.test) for inner in ast.walk(node)}
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tinyllm_utils"):
-            yield node.module, [alias.name for alias in node.names]
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("tinyllm_utils"):
-                    yield alias.name, []
+    return code_version.runtime_imports(ast.parse(path.read_text()))
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -37,11 +37,6 @@ def normalized(source: str) -> str:
     return ast.dump(_without_docstrings(ast.parse(source)))
 
 
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    return {id(inner) for node in ast.walk(tree)
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) for inner in ast.walk(node)}
-
-
 def module_path(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
     """The file of a package module (`tinyllm_utils.bfcl.decoding`), or None when there is none."""
     parts = name.split(".")[1:]
@@ -52,20 +47,32 @@ def module_path(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
     return None
 
 
-def imported_modules(tree: ast.AST, package_dir: Path = PACKAGE_DIR) -> set[str]:
-    """The package modules a syntax tree imports anywhere (a function's imports too), with the packages above them
-    (importing `a.b.c` runs `a/b/__init__.py` first)."""
-    skip = _type_checking_nodes(tree)
-    found = set()
+def runtime_imports(tree: ast.AST):
+    """(module, names) for every import of a package module that can run: a function's too, not those under
+    `if TYPE_CHECKING:` (a type checker's only). `names` is empty for a plain `import`."""
+    typing_only = {id(inner) for node in ast.walk(tree)
+                   if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) for inner in ast.walk(node)}
     for node in ast.walk(tree):
-        if id(node) in skip:
+        if id(node) in typing_only:
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE:
-            for alias in node.names:
-                sub = f"{node.module}.{alias.name}"
-                found.add(sub if module_path(sub, package_dir) else node.module)
+            yield node.module, [alias.name for alias in node.names]
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+            for alias in node.names:
+                if alias.name.split(".")[0] == PACKAGE:
+                    yield alias.name, []
+
+
+def imported_modules(tree: ast.AST, package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """The package modules a syntax tree imports (`from pkg import module` names the module), with the packages
+    above them (importing `a.b.c` runs `a/b/__init__.py` first)."""
+    found = set()
+    for module, names in runtime_imports(tree):
+        if not names:
+            found.add(module)
+        for name in names:
+            submodule = f"{module}.{name}"
+            found.add(submodule if module_path(submodule, package_dir) else module)
     with_parents = set()
     for name in found:
         parts = name.split(".")
