@@ -9,10 +9,10 @@ import json
 
 from tinyllm_utils.models.families import (
     PARSER_SOURCES,
+    entry_prompt,
     family_of,
     parser_name,
     raw_answer_is_call_list,
-    render_entry,
     scoring_path,
 )
 
@@ -50,5 +50,5 @@ def dry_run(model: str, category: str = "simple_python") -> str:
         lines.append(json.dumps(first_turn_messages(example.entry)[0], indent=2))
     else:
         lines.append(f"prompt of {example.id}{turn} (the tokenizer adds BOS):")
-        lines.append(render_entry(example.entry, spec))
+        lines.append(entry_prompt(example.entry, spec))
     return "\n".join(lines)

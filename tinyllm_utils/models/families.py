@@ -28,6 +28,7 @@ from types import SimpleNamespace
 from typing import Callable
 
 from tinyllm_utils.bfcl.decoding import WRONG_OUTPUT_FORMAT, DecodeError, UnsafeOutputError
+from tinyllm_utils.models.prompts import first_turn_messages, format_prompt
 
 
 @dataclass(frozen=True)
@@ -127,25 +128,17 @@ def handler_prompt(entry: dict, spec) -> str:
     return chat.prompt()
 
 
-def render_entry(entry: dict, spec, tokenizer=None) -> str:
-    """The first-turn prompt of a BFCL entry for `spec`: the handler's rendering, the Gemma turns or the
-    tokenizer's chat template. `prompts.entry_prompt` is the public door to this."""
+def entry_prompt(entry: dict, spec, tokenizer=None) -> str:
+    """The first-turn prompt of a BFCL entry for a model (a registry.ModelSpec): what every evaluation caller
+    uses. FC and family-specific models are rendered by their bfcl handler, the rest by `prompts.format_prompt`
+    with the Gemma turns or the tokenizer's chat template."""
     family = family_of(spec)
     if family.render == "handler":
         return handler_prompt(entry, spec)
-    from tinyllm_utils.models.prompts import first_turn_messages, format_prompt
-
     return format_prompt(first_turn_messages(entry)[0], spec.prompt_format, tokenizer)
 
 
 # --- parsers ----------------------------------------------------------------------------------------------
-
-
-def entry_prompt(entry: dict, spec, tokenizer=None) -> str:
-    """The first-turn prompt of a BFCL entry for a model (a registry.ModelSpec): what every evaluation caller
-    uses. FC and family-specific models are rendered by their bfcl handler (model_families), the rest by
-    `format_prompt` with the Gemma turns or the tokenizer's chat template."""
-    return render_entry(entry, spec, tokenizer)
 
 
 class CallShapeError(UnsafeOutputError):
@@ -269,8 +262,6 @@ class PlainConversation:
     messages, each execution result as a `tool` message (the Gemma / chat-template path)."""
 
     def __init__(self, entry: dict, prompt_format: str, tokenizer=None, parse=None):
-        from tinyllm_utils.models.prompts import first_turn_messages
-
         self.turns = first_turn_messages(entry)
         self.prompt_format, self.tokenizer = prompt_format, tokenizer
         self.parse = parse or PARSERS["python_ast"]
@@ -280,8 +271,6 @@ class PlainConversation:
         self.messages.extend(messages)
 
     def prompt(self) -> str:
-        from tinyllm_utils.models.prompts import format_prompt
-
         return format_prompt(self.messages, self.prompt_format, self.tokenizer)
 
     def add_reply(self, text: str) -> list[dict]:
