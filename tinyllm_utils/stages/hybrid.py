@@ -55,7 +55,6 @@ class HybridStageConfig:
 
 
 def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[str, dict]:
-    from tinyllm_utils.train import formats, loading, trainers
     stage_dir = Path(stage_dir)
     protocol = eval_protocol(stage_dir, config.evaluate_categories)
     start = stage04_model(stage_dir, config.start)
@@ -67,13 +66,13 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
         result = train_dpo_method(str(start), pairs, config.sft_dpo, config, stage_dir / "sft-dpo", f"{base}-sft-dpo")
         results["sft→dpo"] = finish_model(result, stage_dir / "sft-dpo", "sft→dpo", str(start), protocol)
     if config.sft_grpo is not None:
-        model, tokenizer = loading.load_for_training(str(start))
-        prompts = formats.grpo_dataset(sample_rows(load_stage02(stage_dir)["train"], config.grpo_rows, config.seed),
-                                        start_spec.prompt_format, tokenizer)
-        grpo = trainers.grpo_config_from_dict(tokens_seen(dict(config.sft_grpo, seed=config.seed)))
-        result = trainers.train_grpo(model, tokenizer, prompts, None, grpo, lora_for(config, config.use_lora),
-                                     stage_dir / "sft-grpo", max_prompt_length=config.grpo_max_prompt_length,
-                                     spec=start_spec, name=f"{base}-sft-grpo")
+        model, tokenizer = load_for_training(str(start))
+        prompts = grpo_dataset(sample_rows(load_stage02(stage_dir)["train"], config.grpo_rows, config.seed),
+                               start_spec.prompt_format, tokenizer)
+        grpo = grpo_config_from_dict(tokens_seen(dict(config.sft_grpo, seed=config.seed)))
+        result = train_grpo(model, tokenizer, prompts, None, grpo, lora_for(config, config.use_lora),
+                            stage_dir / "sft-grpo", max_prompt_length=config.grpo_max_prompt_length,
+                            spec=start_spec, name=f"{base}-sft-grpo")
         results["sft→grpo"] = finish_model(result, stage_dir / "sft-grpo", "sft→grpo", str(start), protocol)
     # each cycle answers its prompts with the model as evaluation runs it (backend, exported file, decoding
     # length), so it learns from the failures the evaluation counts
