@@ -657,14 +657,17 @@ def test_a_parent_checkpoint_in_the_run_is_recorded_by_its_path_there(tmp_path, 
     assert in_run_path("gemma-3-270m", run) == "gemma-3-270m"  # a registry name
 
 
-def test_a_model_evaluated_on_bfcls_own_prompt_is_refused_for_training():
-    """Rows are rendered as Gemma turns or a chat template with Python call answers: xLAM-2 (JSON answers in
-    bfcl's xLAM prompt) or Qwen3 (bfcl's Qwen prompt) would train on text their evaluation never shows."""
-    for name in ("xlam-2-1b-fc-r", "qwen3-1.7b", "qwen3-1.7b-fc"):
-        with pytest.raises(loading.UntrainableFamilyError, match="would train on prompts"):
-            loading.load_for_training(name)
-    loading.check_trainable(resolve_model("gemma-3-270m"))
-    loading.check_trainable(resolve_model("tinyllama-1.1b-chat"))  # generic: the chat template both ways
+def test_only_what_cannot_be_trained_as_it_is_scored_is_refused():
+    """Every family's rows are rendered by its evaluation's renderer and answered in its syntax
+    (tests/test_paper_architectures.py trains each architecture): the paper's models are trainable; a tokenizer
+    without the family's end of turn is not, and the refusal says why."""
+    from types import SimpleNamespace
+
+    for name in ("gemma-3-270m", "tinyllama-1.1b-chat", "xlam-2-1b-fc-r", "qwen3-1.7b", "qwen3-1.7b-fc"):
+        loading.check_trainable(resolve_model(name))
+    no_end = SimpleNamespace(get_vocab=lambda: {"a": 0}, eos_token="</s>", chat_template="x")
+    with pytest.raises(loading.UntrainableFamilyError, match="'<\\|im_end\\|>' to end an answer"):
+        loading.check_trainable(resolve_model("xlam-2-1b-fc-r"), no_end)
 
 
 def test_dpo_refuses_pairs_written_in_another_models_prompt_format(tmp_path):

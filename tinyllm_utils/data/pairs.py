@@ -9,12 +9,15 @@ the stage-02 dataset.
 * rejected = what a weaker model really writes for the same prompt (greedy, no early stop), kept only when the
   checker rejects it; when it writes nothing usable (empty, identical to chosen, or correct), seeded synthetic
   negatives (wrong function, missing required argument, wrong value or type, extra call, a call on an
-  irrelevance prompt), each verified wrong by the checker too.
+  irrelevance prompt), each verified wrong by the checker too. A rejecter answering in another syntax (xLAM's
+  JSON, Qwen's <tool_call> blocks, after its reasoning) is prompted and parsed as its evaluation does, and its
+  calls kept as Python call text (families.canonical_answer): pairs are built and checked in one syntax.
 
 Pairs are written as a `datasets` preference dataset (`prompt`, `chosen`, `rejected`, TRL's standard format)
-in exactly the evaluation prompt format (prompts.format_example), with per-kind statistics and a stratified
-review sample whose verdicts, read back with `apply_review`, drop disputed pairs. Model text is only ever
-decoded by tinyllm_utils.bfcl.decoding (literals), never evaluated.
+in exactly the evaluation prompt format of the model trained on them (families.training_example: its renderer,
+its answer syntax, its end of turn), with per-kind statistics and a stratified review sample whose verdicts, read
+back with `apply_review`, drop disputed pairs. Model text is only ever decoded by tinyllm_utils.bfcl.decoding
+(literals) or a family's JSON parser, never evaluated.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hashlib
 import json
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +38,8 @@ from tinyllm_utils.core.results import PredictionWriter, manifest, read_jsonl, w
 from tinyllm_utils.core.work import replace_dir_atomic
 from tinyllm_utils.data.rows import row_entry as _entry
 from tinyllm_utils.data.rows import row_example
-from tinyllm_utils.models.prompts import answer_text, first_turn_messages, format_example, format_prompt, render_calls
+from tinyllm_utils.models import families
+from tinyllm_utils.models.prompts import answer_text, render_calls
 from tinyllm_utils.models.registry import resolve_model
 
 if TYPE_CHECKING:  # the stage config a caller passes; imported for annotations only
@@ -142,6 +147,8 @@ def generation_cache_path(stage_dir: str | Path, config: PairConfig) -> Path:
     spec = resolve_model(config.rejecter)
     keys = {"rejecter": spec.name, "backend": config.backend, "max_new_tokens": config.rejecter_max_new_tokens,
             "seed": config.seed, "prompt_format": spec.prompt_format}
+    if spec.family not in ("gemma", "generic"):  # its prompts are its family's (Gemma and generic keep old keys)
+        keys.update(family=spec.family, reasoning=spec.reasoning)
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
     return Path(stage_dir) / "generations" / f"{spec.name}-{digest}.jsonl"
 
@@ -167,15 +174,16 @@ def generate_rejections(rows: list[dict], config: PairConfig, cache_path: str | 
     step = config.batch_size if getattr(backend, "name", "") == "transformers" else 1
     for start in range(0, len(todo), step):
         chunk = todo[start:start + step]
-        prompts = [format_prompt(first_turn_messages(_entry(row))[0], spec.prompt_format, backend.tokenizer)
-                   for row in chunk]
+        prompts = [families.training_prompt(_entry(row), spec, backend.tokenizer) for row in chunk]
         for row, generation in zip(chunk, backend.generate(prompts, stop_when_hopeless=False)):
             done[_row_key(row)] = generation.text
             if writer:
                 writer.append({"id": _row_key(row), **generation.to_dict()})
             bar.update()
     bar.close()
-    return {_row_key(row): done[_row_key(row)] for row in rows}
+    # the raw text stays in the cache; pairs hold it as Python call text (what the checks here score), and
+    # to_preference_dataset writes it in the policy's syntax
+    return {_row_key(row): families.canonical_answer(done[_row_key(row)], spec) for row in rows}
 
 
 # ---------------------------------------------------------------- synthetic negatives
@@ -488,23 +496,49 @@ def apply_review(pairs: list[dict], csv_path: str | Path) -> tuple[list[dict], d
 # ---------------------------------------------------------------- output: the preference dataset
 
 
-def to_preference_dataset(pairs: list[dict], prompt_format: str, tokenizer=None, splits=("train", "validation")):
-    """TRL's standard preference format in the evaluation prompt format: `prompt` is what evaluation feeds
-    the model, `chosen`/`rejected` are completions ending with the end-of-turn marker (format_example)."""
+def to_preference_dataset(pairs: list[dict], spec, tokenizer=None, splits=("train", "validation")):
+    """TRL's standard preference format in the evaluation prompt format of the policy `spec` (a ModelSpec, or a
+    bare prompt format): `prompt` is what evaluation feeds the model (families.training_prompt), `chosen` /
+    `rejected` the pair's answers in the family's syntax, ended as its turns end (families.training_example).
+
+    Pairs are built and verified as Python call text; a pair whose rewritten answers no longer keep the
+    contract under the family's own parser (chosen accepted, rejected refused, the two different) is left out
+    with a warning, never trained on."""
     from datasets import Dataset, DatasetDict, Features, Value
 
+    spec = families.spec_of(spec)
+    parse = None if families.parser_name(spec) == "python_ast" else families.parser_for(spec)
     features = Features({column: Value("string") for column in PAIR_COLUMNS})
     by_split: dict[str, list[dict]] = {split: [] for split in splits}
+    broken = []
     for pair in pairs:
-        messages = first_turn_messages(_entry(pair))[0]  # hinted docs: the evaluation prompt (row_entry)
-        chosen = format_example(messages, pair["chosen"], prompt_format, tokenizer)
-        rejected = format_example(messages, pair["rejected"], prompt_format, tokenizer)
+        entry = _entry(pair)  # hinted docs: the evaluation prompt (row_entry)
+        chosen = families.training_example(entry, pair["chosen"], spec, tokenizer)
+        rejected = families.training_example(entry, pair["rejected"], spec, tokenizer)
+        if parse is not None and not _keeps_contract(pair, chosen["completion"], rejected["completion"], spec,
+                                                     tokenizer, parse):
+            broken.append(pair["pair_id"])
+            continue
         by_split.setdefault(pair["split"], []).append(
             {"prompt": chosen["prompt"], "chosen": chosen["completion"], "rejected": rejected["completion"],
              **{c: pair[c] for c in PAIR_COLUMNS[3:]}})
+    if broken:
+        warnings.warn(f"to_preference_dataset: {len(broken)} pair(s) lose the chosen-right / rejected-wrong "
+                      f"contract in {spec.name}'s syntax and are left out, e.g. {broken[:3]}", stacklevel=2)
     return DatasetDict({split: Dataset.from_list(rows, features=features) if rows
                         else Dataset.from_dict({c: [] for c in PAIR_COLUMNS}, features=features)
                         for split, rows in by_split.items()})
+
+
+def _keeps_contract(pair: dict, chosen: str, rejected: str, spec, tokenizer, parse) -> bool:
+    """The pair's completions, as the family's evaluation reads them: chosen right, rejected wrong."""
+    end = families.end_of_turn(spec, tokenizer)
+    example = row_example(pair)
+
+    def valid(text: str) -> bool:
+        return score_single_turn(example, text[:-len(end)] if end and text.endswith(end) else text, parse)["valid"]
+
+    return chosen != rejected and valid(chosen) and not valid(rejected)
 
 
 def save_pairs(stage_dir: str | Path, dataset, stats: pd.DataFrame, card: dict):
@@ -530,7 +564,7 @@ def pairs_card(config: PairConfig, rows: list[dict], chosen_failures: list[dict]
                     pairs=len(pairs), pairs_per_kind={k: int(kinds.get(k, 0)) for k in KINDS},
                     pairs_per_split={s: sum(p["split"] == s for p in pairs)
                                      for s in dict.fromkeys(r["split"] for r in rows)},
-                    review=review_report, format={"columns": PAIR_COLUMNS, "prompt": "prompts.format_example"})
+                    review=review_report, format={"columns": PAIR_COLUMNS, "prompt": "families.training_example"})
 
 
 def read_generations(cache_path: str | Path) -> list[dict]:

@@ -37,7 +37,8 @@ from tinyllm_utils.bfcl.data import ALL_CATEGORIES, Example
 from tinyllm_utils.bfcl.decoding import DecodeError, decode_ast
 from tinyllm_utils.bfcl.scoring import score_single_turn
 from tinyllm_utils.core.results import manifest
-from tinyllm_utils.models.prompts import answer_text, first_turn_messages, format_prompt
+from tinyllm_utils.models import families
+from tinyllm_utils.models.prompts import answer_text
 
 if TYPE_CHECKING:  # the stage config a caller passes; imported for annotations only
     from tinyllm_utils.stages.data_filtering import DataConfig
@@ -478,10 +479,16 @@ def remove_near_duplicates(rows: list[dict], threshold: float) -> tuple[list[dic
     return kept, rejected
 
 
-def prompt_of(row: dict, prompt_format: str = "gemma", tokenizer=None) -> str:
-    """The exact evaluation prompt for a row (BFCL system prompt + hinted docs + messages, in the model's
-    format): the same text evaluate.py builds for a BFCL entry (tests/test_prompt_identity.py)."""
-    return format_prompt(first_turn_messages(row_entry(row))[0], prompt_format, tokenizer)
+def prompt_of(row: dict, spec="gemma", tokenizer=None) -> str:
+    """The exact evaluation prompt for a row (hinted docs + messages, rendered for the model: `spec` is a
+    registry.ModelSpec, or a bare prompt format 'gemma' | 'chat_template'): the text evaluate.py builds for a
+    BFCL entry, by the same function (families.training_prompt; tests/test_prompt_identity.py)."""
+    return families.training_prompt(row_entry(row), families.spec_of(spec), tokenizer)
+
+
+def answer_of(row: dict, spec="gemma") -> str:
+    """A row's reference answer in the model's own syntax (families.family_answer), without its end marker."""
+    return families.family_answer(_field(row, "target"), families.spec_of(spec))
 
 
 def token_counter(model: str):
@@ -499,12 +506,14 @@ def token_counter(model: str):
     return spec, tokenizer, lambda text: len(tokenizer(text)["input_ids"])
 
 
-def apply_length_limits(rows: list[dict], count_tokens, prompt_format: str, tokenizer, max_prompt: int,
+def apply_length_limits(rows: list[dict], count_tokens, spec, tokenizer, max_prompt: int,
                         max_answer: int, progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Rows whose prompt and answer, as the model sees and writes them (`spec`: a ModelSpec or a bare prompt
+    format), fit the token budgets; the rest rejected with their counts."""
     kept, rejected = [], []
     for row in tqdm(rows, desc="token lengths", disable=not progress):
-        row["prompt_tokens"] = count_tokens(prompt_of(row, prompt_format, tokenizer))
-        row["answer_tokens"] = count_tokens(answer_text(row["target"]))
+        row["prompt_tokens"] = count_tokens(prompt_of(row, spec, tokenizer))
+        row["answer_tokens"] = count_tokens(answer_of(row, spec))
         if row["prompt_tokens"] > max_prompt:
             rejected.append(reject(row, "length", "messages",
                                    f"prompt has {row['prompt_tokens']} tokens > {max_prompt}"))

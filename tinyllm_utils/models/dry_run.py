@@ -1,4 +1,4 @@
-"""How a model is prompted and parsed, printed without loading it:
+"""How a model is prompted, parsed and trained, printed without loading it:
 
     python -c "from tinyllm_utils.models.dry_run import dry_run; print(dry_run('Salesforce/xLAM-2-1b-fc-r'))"
 """
@@ -14,21 +14,23 @@ from tinyllm_utils.models.families import (
     parser_name,
     raw_answer_is_call_list,
     scoring_path,
+    training_path,
 )
 
 
 def dry_run(model: str, category: str = "simple_python") -> str:
     """What an evaluation of `model` would do, without weights or a tokenizer: mode, family, bfcl handler,
-    parser, revision and the rendered prompt of the category's first BFCL entry."""
+    parser, revision, how its training rows are rendered and answered, and the rendered prompt of the category's
+    first BFCL entry."""
     from tinyllm_utils.bfcl.data import is_multi_turn, load_category
-    from tinyllm_utils.models.registry import resolve_model
+    from tinyllm_utils.models.registry import resolve_model, revision_missing
 
     spec = resolve_model(model)
     family = family_of(spec)
     example = load_category(category)[0]
     lines = [
         f"model:     {spec.name} ({spec.source}{', ' + spec.hf_id if spec.hf_id else ''})",
-        f"revision:  {spec.revision or 'not pinned (refused by the paper profile)'}",
+        f"revision:  {spec.revision or revision_missing(spec)}",
         f"BFCL row:  {spec.bfcl_name or 'none (not on the leaderboard)'}",
         f"mode:      {spec.mode}",
         f"family:    {family.key} ({family.note})",
@@ -37,6 +39,7 @@ def dry_run(model: str, category: str = "simple_python") -> str:
         f"reasoning: {spec.reasoning}",
         f"early stop (Python categories): {'on' if raw_answer_is_call_list(spec) else 'off'}",
         f"run.json:  {scoring_path(spec)}",
+        f"training:  {training_path(spec)}",
     ]
     if spec.reasoning == "strip_think":
         lines.append("note:      the model reasons before answering; bfcl allows 4096 new tokens "

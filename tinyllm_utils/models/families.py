@@ -22,6 +22,7 @@ call syntax; fc: the functions rendered as the family's tools, answers in its ow
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from functools import cache
 from types import SimpleNamespace
@@ -39,21 +40,26 @@ class Family:
     handler: str | None  # bfcl local-inference handler, "module.Class"; None when bfcl has none for the family
     parser: str  # a key of PARSERS
     note: str = ""
+    # The string that ends the family's assistant turn in its evaluation prompt (and so ends a training answer);
+    # None: the tokenizer's EOS (the generic chat-template path, e.g. TinyLlama's `</s>`).
+    end_of_turn: str | None = None
 
 
 FAMILIES = {
     "gemma": Family("gemma", "prompting", "gemma", "gemma.GemmaHandler", "python_ast",
-                    "bfcl's GemmaHandler turns without its duplicated <bos>; the model's replies as `model` turns"),
+                    "bfcl's GemmaHandler turns without its duplicated <bos>; the model's replies as `model` turns",
+                    end_of_turn="<end_of_turn>"),
     "generic": Family("generic", "prompting", "chat_template", None, "python_ast",
                       "thin path for any hub id or checkpoint: BFCL's system prompt in the tokenizer's chat template"),
     "qwen": Family("qwen", "prompting", "handler", "qwen.QwenHandler", "python_ast",
-                   "BFCL's system prompt in Qwen's ChatML; Python call list"),
+                   "BFCL's system prompt in Qwen's ChatML; Python call list", end_of_turn="<|im_end|>"),
     "qwen_fc": Family("qwen_fc", "fc", "handler", "qwen_fc.QwenFCHandler", "qwen_tool_call",
-                      "functions as <tools>; answers as <tool_call>{json}</tool_call> blocks"),
+                      "functions as <tools>; answers as <tool_call>{json}</tool_call> blocks", end_of_turn="<|im_end|>"),
     "xlam": Family("xlam", "fc", "handler", "salesforce_qwen.SalesforceQwenHandler", "xlam_json",
-                   "xLAM-2 on Qwen2.5 (1b, 3b): xLAM's tool system prompt; answers as one JSON list"),
+                   "xLAM-2 on Qwen2.5 (1b, 3b): xLAM's tool system prompt; answers as one JSON list",
+                   end_of_turn="<|im_end|>"),
     "xlam_llama": Family("xlam_llama", "fc", "handler", "salesforce_llama.SalesforceLlamaHandler", "xlam_json",
-                         "xLAM-2 on Llama 3.1 (8b, 70b): as xlam with Llama 3 headers"),
+                         "xLAM-2 on Llama 3.1 (8b, 70b): as xlam with Llama 3 headers", end_of_turn="<|eot_id|>"),
 }
 REASONING = ("none", "strip_think", "disable_thinking")
 THINKING_FAMILIES = {"qwen", "qwen_fc"}  # bfcl's Qwen handlers split the answer at </think>
@@ -253,6 +259,154 @@ def scoring_path(spec) -> str:
                     "chat_template": "the tokenizer's chat template"}[family.render]
     return (f"{spec.mode} mode, family {family.key}: prompt by {renderer}; reasoning {spec.reasoning}; "
             f"parser {parser_name(spec)} = {PARSER_SOURCES[family.parser]}")
+
+
+# --- training: the same renderer as evaluation, the answer in the family's own syntax -------------------
+
+# What a trained answer is, per parser (the registry's `family` picks it; `python -m
+# tinyllm_utils.models.dry_run` and the paper profile's --show print it per model).
+TARGETS = {
+    "python_ast": "Python call list `[f(a=1)]`; prose when no function fits",
+    "xlam_json": 'one JSON list `[{"name": ..., "arguments": {...}}]` (json.dumps, as bfcl renders xLAM\'s calls); '
+                 "prose when no function fits",
+    "qwen_tool_call": '`<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks joined by newlines, '
+                      "as bfcl's QwenFCHandler renders a call; prose when no function fits",
+}
+# Qwen3's own template renders the last assistant turn without reasoning as an empty think block; the strip_think
+# parser splits there, exactly as it splits a real reasoning trace, so the trained answer is scored unchanged.
+EMPTY_REASONING = "<think>\n\n</think>\n\n"
+
+
+def spec_of(spec_or_format):
+    """A registry.ModelSpec, or a bare prompt format ('gemma' | 'chat_template') as the thin spec the rows of
+    earlier callers meant (Gemma turns or the tokenizer's chat template, Python call answers)."""
+    if not isinstance(spec_or_format, str):
+        return spec_or_format
+    if spec_or_format not in ("gemma", "chat_template"):
+        raise ValueError(f"unknown prompt_format {spec_or_format!r}; expected 'gemma', 'chat_template' or a ModelSpec")
+    # the fields the renderers read (the registry imports this module, so no ModelSpec here)
+    return SimpleNamespace(name=f"{spec_or_format}-rows", prompt_format=spec_or_format, mode="prompting",
+                           family="gemma" if spec_or_format == "gemma" else "generic", reasoning="none", hf_id=None)
+
+
+def family_answer(calls: list[dict], spec) -> str:
+    """`[{name: {arg: value}}]` as the text the family's parser reads back to these calls (no end marker, no
+    reasoning block): the answer a trained model should write."""
+    from tinyllm_utils.models.prompts import NO_CALL_ANSWER, render_calls
+
+    parser = family_of(spec).parser
+    if not calls:
+        return NO_CALL_ANSWER
+    if parser == "python_ast":
+        return render_calls(calls)
+    flat = [{"name": name, "arguments": args} for call in calls for name, args in call.items()]
+    if parser == "xlam_json":
+        return json.dumps(flat)
+    if parser == "qwen_tool_call":
+        return "\n".join('<tool_call>\n{"name": "' + c["name"] + '", "arguments": ' + json.dumps(c["arguments"])
+                         + "}\n</tool_call>" for c in flat)
+    raise ValueError(f"family {family_of(spec).key!r}: no training target for parser {parser!r}")
+
+
+def as_family_answer(text: str, spec) -> str:
+    """Python call text (stage 02's targets, stage 03's pairs, converted chat histories) in the family's syntax;
+    text that is not a call list (prose, a broken call) is kept: it is wrong or a no-call answer in every syntax."""
+    from tinyllm_utils.bfcl.decoding import decode_ast
+
+    if family_of(spec).parser == "python_ast":
+        return text
+    try:
+        return family_answer(decode_ast(text, "python"), spec)
+    except (DecodeError, TypeError, ValueError):  # not a call list, or values JSON cannot carry
+        return text
+
+
+def canonical_answer(text: str, spec) -> str:
+    """A model's raw answer in its family's syntax as Python call text (what stage 03 stores, verifies and later
+    renders again for the policy, `as_family_answer`); reasoning is split off as its parser does, prose kept."""
+    from tinyllm_utils.models.prompts import render_calls
+
+    answer = text
+    if spec.reasoning == "strip_think":
+        try:
+            answer = strip_think(text)
+        except DecodeError:  # unfinished reasoning: no answer at all, wrong in any syntax
+            return text
+    parser = family_of(spec).parser
+    if parser == "python_ast":
+        return answer
+    try:
+        calls = PARSERS[parser](answer, "python")
+    except DecodeError:
+        return answer
+    return render_calls(calls) if calls else answer
+
+
+def end_of_turn(spec, tokenizer=None) -> str:
+    """What ends an answer: the family's end-of-turn string, else the tokenizer's EOS."""
+    marker = family_of(spec).end_of_turn
+    return marker if marker is not None else (getattr(tokenizer, "eos_token", "") or "")
+
+
+def completion_for(answer: str, spec, tokenizer=None) -> str:
+    """A training completion: [Qwen3's empty reasoning block] + the answer (already in the family's syntax) + the
+    end of the turn, the text the evaluation prompt is continued with."""
+    prefix = EMPTY_REASONING if spec.reasoning == "strip_think" else ""
+    return prefix + answer + end_of_turn(spec, tokenizer)
+
+
+def training_prompt(entry: dict, spec, tokenizer=None) -> str:
+    """A training row's prompt by the function that renders its evaluation prompt (`entry_prompt`): for a
+    one-turn row the same text; a row whose messages hold earlier answers and tool results (a converted chat) is
+    replayed through the evaluation's multi-turn chat state (`conversation`), its earlier answers written in the
+    family's syntax, so a handler family sees its history as its bfcl handler keeps it."""
+    family = family_of(spec)
+    if family.render != "handler":
+        return format_prompt(first_turn_messages(entry)[0], spec.prompt_format, tokenizer)
+    chat = HandlerConversation(entry, spec)
+    messages, pending, i = chat.turns[0], [], 0
+    while i < len(messages):
+        if messages[i]["role"] != "assistant":
+            pending.append(messages[i])
+            i += 1
+            continue
+        if pending:
+            chat.add_user(pending)
+            pending = []
+        try:
+            chat.add_reply(as_family_answer(messages[i]["content"], spec))
+        except DecodeError:  # history text without calls: recorded all the same
+            pass
+        i += 1
+        results = []
+        while i < len(messages) and messages[i]["role"] == "tool":
+            results.append(messages[i])
+            i += 1
+        if results:
+            chat.add_results([m.get("name", "") for m in results], [m["content"] for m in results])
+    if pending:
+        chat.add_user(pending)
+    return chat.prompt()
+
+
+def training_example(entry: dict, answer: str, spec, tokenizer=None) -> dict:
+    """(prompt, completion) for SFT rows and DPO pairs: the evaluation prompt and the answer in the family's
+    syntax (`answer` is Python call text or prose, as stage 02 and 03 store them)."""
+    return {"prompt": training_prompt(entry, spec, tokenizer),
+            "completion": completion_for(as_family_answer(answer, spec), spec, tokenizer)}
+
+
+def training_path(spec) -> str:
+    """One line: how rows for this model are rendered and what its answers look like."""
+    family = family_of(spec)
+    renderer = (f"bfcl {family.handler.split('.')[1]}._format_prompt" if family.render == "handler" else
+                {"gemma": "tinyllm Gemma turns", "chat_template": "the tokenizer's chat template"}[family.render])
+    thinking = ("; an empty <think></think> block before it (Qwen3's template for an answer without reasoning; "
+                "the strip_think parser splits there)" if spec.reasoning == "strip_think" else
+                "; after the prompt's empty think block" if spec.reasoning == "disable_thinking" else "")
+    marker = family.end_of_turn or "the tokenizer's EOS"
+    return (f"prompt by {renderer} (= the evaluation prompt); target {TARGETS[family.parser]}{thinking}; "
+            f"ends with {marker}; GRPO reward and pair checks parse with {parser_name(spec)}")
 
 
 # --- multi-turn conversations -----------------------------------------------------------------------------

@@ -109,10 +109,16 @@ def resolve_model(name_or_path: str, require_revision: bool = False) -> ModelSpe
     """
     spec = _resolve(name_or_path)
     if require_revision and spec.source == "hub" and not spec.revision:
-        raise UnpinnedModelError(
-            f"model {spec.name!r} ({spec.hf_id}) has no pinned revision: add `revision: <commit sha>` to its "
-            "entry in tinyllm_utils/configs/models.yaml (the paper profile evaluates pinned weights only)")
+        raise UnpinnedModelError(f"model {spec.name!r} ({spec.hf_id}) has no pinned revision (the paper profile "
+                                 f"evaluates and trains pinned weights only): {revision_missing(spec)}")
     return spec
+
+
+def revision_missing(spec: ModelSpec) -> str:
+    """What to do about a hub entry without a pinned commit: the exact line to add, and how to read the sha."""
+    return (f"not pinned: add `  revision: <sha>` under `{spec.name}:` in tinyllm_utils/configs/models.yaml, the "
+            f"sha from `python -c \"from huggingface_hub import HfApi; print(HfApi().model_info('{spec.hf_id}').sha)\"` "
+            f"(or the commit list at https://huggingface.co/{spec.hf_id}/commits/main)")
 
 
 def gguf_metadata(path: str) -> dict | None:

@@ -102,7 +102,7 @@ def build_dataset(config: DataConfig, progress: bool = True) -> dict:
     filters = {**{rule: lambda r, rule=rule: apply_check(r, rule) for rule in ROW_CHECKS},
                "duplicate": remove_duplicates,
                "near_duplicate": lambda r: remove_near_duplicates(r, config.near_duplicate_threshold),
-               "length": lambda r: apply_length_limits(r, count_tokens, spec.prompt_format, tokenizer,
+               "length": lambda r: apply_length_limits(r, count_tokens, spec, tokenizer,
                                                        config.max_prompt_tokens, config.max_answer_tokens, progress)}
     for rule, run in filters.items():
         rows = record(rule, *run(rows))

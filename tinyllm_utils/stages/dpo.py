@@ -44,7 +44,8 @@ def check_pairs_fit(stage_dir: Path, policy) -> None:
         if spec.prompt_format == "gemma":
             return "gemma"
         base = resolve_model(spec.base_model) if spec.base_model else spec
-        return base.hf_id or base.path or base.name
+        # the family and reasoning too: Qwen3's prompting and FC entries share one hub id, not one prompt
+        return f"{base.hf_id or base.path or base.name} ({spec.family}, {spec.reasoning})"
     if template(made_for) != template(policy):
         raise ValueError(f"stage 03's pairs are written in {made_for.name!r}'s prompt format ({template(made_for)}); "
                          f"the model trained here, {policy.name!r}, is prompted as {template(policy)}: set "

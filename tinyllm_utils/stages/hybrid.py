@@ -68,7 +68,7 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
     if config.sft_grpo is not None:
         model, tokenizer = load_for_training(str(start))
         prompts = grpo_dataset(sample_rows(load_stage02(stage_dir)["train"], config.grpo_rows, config.seed),
-                               start_spec.prompt_format, tokenizer)
+                               start_spec, tokenizer)
         grpo = grpo_config_from_dict(tokens_seen(dict(config.sft_grpo, seed=config.seed)))
         result = train_grpo(model, tokenizer, prompts, None, grpo, lora_for(config, config.use_lora),
                             stage_dir / "sft-grpo", max_prompt_length=config.grpo_max_prompt_length,
@@ -156,12 +156,12 @@ def self_improvement_cycle(model_path: str | Path, dataset, out_dir: str | Path,
     model, tokenizer = load_for_training(spec)
     try:
         if method == "dpo":
-            data = pairs.to_preference_dataset(built, spec.prompt_format, tokenizer, splits=("train",))["train"]
+            data = pairs.to_preference_dataset(built, spec, tokenizer, splits=("train",))["train"]
             result = train_dpo(model, tokenizer, dpo_dataset(data), None, trainer_config, lora, out_dir / "dpo",
                                spec=spec, stage_key=stage_key)
         else:
             failed_ids = set(failed)
-            data = grpo_dataset([r for r in kept if r["id"] in failed_ids], spec.prompt_format, tokenizer)
+            data = grpo_dataset([r for r in kept if r["id"] in failed_ids], spec, tokenizer)
             result = train_grpo(model, tokenizer, data, None, trainer_config, lora, out_dir / "grpo",
                                 max_prompt_length=max_prompt_length, spec=spec, stage_key=stage_key)
     except NothingFitsError as error:  # its failures are all on prompts too long to train on: nothing to learn

@@ -80,7 +80,7 @@ def run_stage(config: PairConfig, stage_dir: str | Path, data_dir: str | Path | 
     kept, review_report = apply_review(built, config.review_csv) if config.review_csv else (built, None)
     stats = pair_stats(kept)
     spec = resolve_model(config.model)
-    preference = to_preference_dataset(kept, spec.prompt_format, prompt_tokenizer(spec))
+    preference = to_preference_dataset(kept, spec, prompt_tokenizer(spec))
     card = pairs_card(config, rows, chosen_failures, outcomes, kept, review_report, data_dir)
     saved = save_pairs(stage_dir, preference, stats, card)
     return {"dataset": dataset, "rows": rows, "chosen_failures": chosen_failures, "generation_cache": cache,

@@ -45,7 +45,7 @@ def run_sft_stage(config: SFTStageConfig, stage_dir: str | Path) -> dict[str, di
         model, tokenizer = loading.load_for_training(config.model)
         spec = model._tinyllm_spec
         sft = trainers.sft_config_from_dict(tokens_seen(dict(block, seed=config.seed)))
-        result = trainers.train_sft(model, tokenizer, formats.sft_dataset(train, spec.prompt_format, tokenizer),
+        result = trainers.train_sft(model, tokenizer, formats.sft_dataset(train, spec, tokenizer),
                                     None, sft, lora_for(config, lora), method_dir, spec=spec,
                                     name=f"{spec.name}-{label}")
         results[label] = finish_model(result, method_dir, label, spec.name, protocol)

@@ -1,5 +1,9 @@
-"""Stage 02 rows and stage 03 pairs as TRL's dataset formats, rendered by the evaluation's own prompt path; rows
-that do not fit `max_length` are left out with a count, never cut.
+"""Stage 02 rows and stage 03 pairs as TRL's dataset formats, rendered by the evaluation's own prompt path for the
+model trained (models.families: its renderer, its answer syntax, its end of turn); rows that do not fit
+`max_length` are left out with a count, never cut.
+
+`spec` below is the model's registry.ModelSpec (`model._tinyllm_spec` after loading.load_for_training), or a bare
+prompt format ('gemma' | 'chat_template') for the Gemma turns / a chat template with Python call answers.
 """
 
 from __future__ import annotations
@@ -7,7 +11,8 @@ from __future__ import annotations
 import json
 
 from tinyllm_utils.data.rows import row_entry
-from tinyllm_utils.models.prompts import answer_text, first_turn_messages, format_example, format_prompt
+from tinyllm_utils.models import families
+from tinyllm_utils.models.prompts import answer_text
 
 # ---------------------------------------------------------------- datasets (stage 02 / 03 -> TRL formats)
 
@@ -16,18 +21,20 @@ def _rows(data) -> list[dict]:
     return [dict(row) for row in data] if not isinstance(data, list) else data
 
 
-def prompt_and_answer(row: dict, prompt_format: str, tokenizer=None) -> dict:
-    messages = first_turn_messages(row_entry(row))[0]
-    return format_example(messages, answer_text(json.loads(row["target"])), prompt_format, tokenizer)
+def prompt_and_answer(row: dict, spec="gemma", tokenizer=None) -> dict:
+    """A row's evaluation prompt and its reference answer in the model's syntax, ended as its turns end."""
+    return families.training_example(row_entry(row), answer_text(json.loads(row["target"])),
+                                     families.spec_of(spec), tokenizer)
 
 
-def sft_dataset(data, prompt_format: str = "gemma", tokenizer=None):
+def sft_dataset(data, spec="gemma", tokenizer=None):
     """Stage-02 rows (a split or a list of dicts) as TRL prompt/completion rows in the evaluation format: the
-    prompt ends on `<start_of_turn>model\\n`, the completion is the reference call list (or the no-call sentence)
-    plus the end-of-turn marker. Loss on the completion only (`completion_only_loss`)."""
+    prompt is the row's evaluation prompt (for Gemma ending on `<start_of_turn>model\\n`), the completion the
+    reference answer in the family's syntax (or the no-call sentence) plus the end of turn. Loss on the
+    completion only (`completion_only_loss`)."""
     from datasets import Dataset
 
-    rows = [prompt_and_answer(row, prompt_format, tokenizer) for row in _rows(data)]
+    rows = [prompt_and_answer(row, spec, tokenizer) for row in _rows(data)]
     return Dataset.from_list(rows) if rows else Dataset.from_dict({"prompt": [], "completion": []})
 
 
@@ -39,15 +46,16 @@ def dpo_dataset(pairs):
 GRPO_COLUMNS = ("id", "category", "messages", "functions", "target")
 
 
-def grpo_dataset(data, prompt_format: str = "gemma", tokenizer=None):
+def grpo_dataset(data, spec="gemma", tokenizer=None):
     """Stage-02 rows as GRPO prompts; the columns the checker needs (id, category, messages, functions, target:
-    JSON strings) ride along and reach `checker_reward` as keyword lists."""
+    JSON strings) ride along and reach `checker_reward` as keyword lists, with `parser`: the family's parser id
+    (families.parser_name), so the reward reads a completion as the evaluation does."""
     from datasets import Dataset
 
-    rows = []
-    for row in _rows(data):
-        prompt = format_prompt(first_turn_messages(row_entry(row))[0], prompt_format, tokenizer)
-        rows.append({"prompt": prompt, **{c: row[c] for c in GRPO_COLUMNS}})
+    spec = families.spec_of(spec)
+    parser = families.parser_name(spec)
+    rows = [{"prompt": families.training_prompt(row_entry(row), spec, tokenizer),
+             **{c: row[c] for c in GRPO_COLUMNS}, "parser": parser} for row in _rows(data)]
     return Dataset.from_list(rows)
 
 

@@ -1,5 +1,5 @@
-"""A model ready to train: loaded (the embedded GGUF de-quantized) with the end-of-turn token as EOS, families
-that cannot be trained refused with the reason, and the LoRA defaults (embeddings stay tied).
+"""A model ready to train: loaded (the embedded GGUF de-quantized) with its family's end-of-turn token as EOS,
+what cannot be trained as it is scored refused with the reason, and the LoRA defaults (embeddings stay tied).
 """
 
 from __future__ import annotations
@@ -17,22 +17,38 @@ LORA_DEFAULTS = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-
 
 
 class UntrainableFamilyError(ValueError):
-    """A model whose evaluation prompt comes from bfcl's own handler: the trainers cannot render its rows."""
+    """A model the trainers cannot train as it is evaluated; the message says why."""
 
 
-def check_trainable(spec: ModelSpec) -> None:
-    """Training rows are rendered with the Gemma turns or the tokenizer's chat template and answered with Python
-    call lists (prompts.format_example). A family whose evaluation prompt bfcl's handler renders (Qwen's and
-    xLAM's, some answering in JSON or <tool_call> syntax) would be trained on text its evaluation never shows."""
-    from tinyllm_utils.models.families import family_of
+def check_trainable(spec: ModelSpec, tokenizer=None) -> None:
+    """Refuse only what cannot be trained the way it is scored. Every family's rows, pairs and GRPO prompts are
+    rendered by the function that renders its evaluation prompt, answered in its own syntax
+    (models.families.training_example), so a family is trainable when:
+
+    * it has a training target for its parser (families.TARGETS);
+    * (with the tokenizer) its end of turn is one token of the vocabulary, so the answer can end as its
+      evaluation stops; a chat-template family has a chat template; a reasoning family has `<think>` and
+      `</think>` (the empty reasoning block its answers start with)."""
+    from tinyllm_utils.models.families import TARGETS, end_of_turn, family_of
 
     family = family_of(spec)
-    if family.render == "handler":
+    if family.parser not in TARGETS:
+        raise UntrainableFamilyError(f"model {spec.name!r} (family {family.key!r}): no training target is defined "
+                                     f"for its parser {family.parser!r} (models.families.TARGETS)")
+    if tokenizer is None:
+        return
+    vocab = tokenizer.get_vocab()
+    marker = end_of_turn(spec, tokenizer)
+    if not marker or marker not in vocab:
         raise UntrainableFamilyError(
-            f"model {spec.name!r} (family {family.key!r}) is evaluated on bfcl's {family.handler} prompt "
-            f"({family.mode} mode): the trainers render Gemma turns or the tokenizer's chat template with Python "
-            "call answers, so it would train on prompts it is never evaluated on; train a gemma or generic "
-            "(chat-template) model")
+            f"model {spec.name!r} (family {family.key!r}): its tokenizer has no single token {marker!r} to end an "
+            "answer with, so a trained answer could not stop where its evaluation stops")
+    if family.render == "chat_template" and not getattr(tokenizer, "chat_template", None):
+        raise UntrainableFamilyError(f"model {spec.name!r}: the chat-template family needs a tokenizer with a chat "
+                                     "template (its rows are rendered by it)")
+    if spec.reasoning == "strip_think" and not {"<think>", "</think>"} <= set(vocab):
+        raise UntrainableFamilyError(f"model {spec.name!r}: reasoning 'strip_think' but the tokenizer has no "
+                                     "<think> / </think> tokens for the empty reasoning block of its answers")
 
 
 def load_for_training(spec_or_name: ModelSpec | str, dtype=None):
@@ -43,6 +59,7 @@ def load_for_training(spec_or_name: ModelSpec | str, dtype=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tinyllm_utils.models.embedded import embedded_hf_copy
+    from tinyllm_utils.models.families import end_of_turn
 
     spec = resolve_model(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
     check_trainable(spec)
@@ -60,21 +77,22 @@ def load_for_training(spec_or_name: ModelSpec | str, dtype=None):
         raise ModelUnavailableError(f"cannot load {spec.name!r} for training from {source!r} "
                                     f"({str(exc).splitlines()[0]})") from None
     model.hf_quantizer = None  # a GGUF load leaves its (de-)quantizer attached; the weights are plain tensors
+    check_trainable(spec, tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if spec.prompt_format == "gemma":
-        use_end_of_turn_as_eos(model, tokenizer)
+    use_end_of_turn_as_eos(model, tokenizer, end_of_turn(spec, tokenizer))
     model._tinyllm_spec = spec  # read by the train_* functions for model_spec.json
     return model, tokenizer
 
 
-def use_end_of_turn_as_eos(model, tokenizer) -> None:
-    """Gemma-format answers end with `<end_of_turn>` (prompts.format_example); make it the EOS everywhere so
-    TRL appends no `<eos>` after it and generation (GRPO, self-improvement) stops at the end of the turn."""
-    end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+def use_end_of_turn_as_eos(model, tokenizer, marker: str = END_OF_TURN) -> None:
+    """Answers end with the family's end of turn (`<end_of_turn>` for Gemma, `<|im_end|>` for Qwen and xLAM-2:
+    families.completion_for); make it the EOS everywhere so TRL appends no other EOS after it and generation
+    (GRPO, self-improvement) stops at the end of the turn."""
+    end_id = tokenizer.convert_tokens_to_ids(marker)
     if end_id is None or end_id == tokenizer.unk_token_id:
         return
-    tokenizer.eos_token = END_OF_TURN
+    tokenizer.eos_token = marker
     configured = model.generation_config.eos_token_id
     configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
     model.generation_config.eos_token_id = [end_id] + [i for i in configured if i != end_id]

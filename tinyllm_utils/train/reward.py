@@ -1,5 +1,5 @@
-"""The GRPO reward: bfcl's own checker on each completion (1 right, 0 wrong); a checker crash on every completion
-of a batch raises.
+"""The GRPO reward: bfcl's own checker on each completion (1 right, 0 wrong), read by the trained model's family
+parser as its evaluation reads it; a checker crash on every completion of a batch raises.
 """
 
 from __future__ import annotations
@@ -8,30 +8,40 @@ import warnings
 
 from tinyllm_utils.bfcl.scoring import score_single_turn
 from tinyllm_utils.data.rows import row_example
-from tinyllm_utils.train.loading import END_OF_TURN
+from tinyllm_utils.models.families import FAMILIES, parser_by_name
 
 # ---------------------------------------------------------------- reward (GRPO)
+
+# Every family's end of turn: TRL decodes completions without special tokens, but a tokenizer that keeps one as
+# text must not make a right answer unparseable.
+_END_MARKERS = tuple(sorted({f.end_of_turn for f in FAMILIES.values() if f.end_of_turn}))
 
 
 def _completion_text(completion) -> str:
     if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
         completion = "".join(m.get("content", "") for m in completion if isinstance(m, dict))
     text = str(completion)
-    return text.split(END_OF_TURN)[0].strip()
+    for marker in _END_MARKERS:
+        text = text.split(marker)[0]
+    return text.strip()
 
 
-def checker_reward(prompts, completions, *, category, messages, functions, target, id=None, **_) -> list[float]:
+def checker_reward(prompts, completions, *, category, messages, functions, target, id=None, parser=None,
+                   **_) -> list[float]:
     """1.0 when bfcl-eval's checker accepts the completion, else 0.0 (no shaping term).
 
-    The completion is decoded by tinyllm_utils.bfcl.decoding (literals only, never evaluated); unparseable,
-    unsafe (calls, attributes, names as arguments) or otherwise malformed text scores 0, and so does a text
-    the checker itself fails on. Columns are the stage-02 row's JSON strings (grpo_dataset)."""
+    The completion is decoded by the row's `parser` column (families.parser_name of the model trained, set by
+    formats.grpo_dataset: Python calls, xLAM's JSON list, Qwen's <tool_call> blocks, after Qwen3's reasoning);
+    without one, by tinyllm_utils.bfcl.decoding (literals only, never evaluated). Unparseable, unsafe or
+    otherwise malformed text scores 0, and so does a text the checker itself fails on. Columns are the stage-02
+    row's JSON strings (grpo_dataset)."""
     rewards, crashes = [], []
     for i, completion in enumerate(completions):
         row = {"id": (id[i] if id else str(i)), "category": category[i], "messages": messages[i],
                "functions": functions[i], "target": target[i]}
+        parse = parser_by_name(parser[i]) if parser else None
         try:
-            valid = score_single_turn(row_example(row), _completion_text(completion))["valid"]
+            valid = score_single_turn(row_example(row), _completion_text(completion), parse)["valid"]
         except Exception as exc:  # noqa: BLE001 (a checker crash on an odd output is that output's failure)
             valid = False
             crashes.append(f"{row['id']}: {type(exc).__name__}: {exc}")
