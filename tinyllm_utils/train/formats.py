@@ -48,14 +48,14 @@ GRPO_COLUMNS = ("id", "category", "messages", "functions", "target")
 
 def grpo_dataset(data, spec="gemma", tokenizer=None):
     """Stage-02 rows as GRPO prompts; the columns the checker needs (id, category, messages, functions, target:
-    JSON strings) ride along and reach `checker_reward` as keyword lists, with `parser`: the family's parser id
-    (families.parser_name), so the reward reads a completion as the evaluation does."""
+    JSON strings) ride along and reach `checker_reward` as keyword lists, with `parser` (the family's parser id,
+    families.parser_name) and `end_of_turn`, so the reward reads a completion as the evaluation does."""
     from datasets import Dataset
 
     spec = families.spec_of(spec)
-    parser = families.parser_name(spec)
+    reading = {"parser": families.parser_name(spec), "end_of_turn": families.end_of_turn(spec, tokenizer)}
     rows = [{"prompt": families.training_prompt(row_entry(row), spec, tokenizer),
-             **{c: row[c] for c in GRPO_COLUMNS}, "parser": parser} for row in _rows(data)]
+             **{c: row[c] for c in GRPO_COLUMNS}, **reading} for row in _rows(data)]
     return Dataset.from_list(rows)
 
 

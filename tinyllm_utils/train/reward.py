@@ -17,22 +17,23 @@ from tinyllm_utils.models.families import FAMILIES, parser_by_name
 _END_MARKERS = tuple(sorted({f.end_of_turn for f in FAMILIES.values() if f.end_of_turn}))
 
 
-def _completion_text(completion) -> str:
+def _completion_text(completion, end_of_turn: str | None = None) -> str:
     if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
         completion = "".join(m.get("content", "") for m in completion if isinstance(m, dict))
     text = str(completion)
-    for marker in _END_MARKERS:
+    for marker in _END_MARKERS + ((end_of_turn,) if end_of_turn else ()):
         text = text.split(marker)[0]
     return text.strip()
 
 
 def checker_reward(prompts, completions, *, category, messages, functions, target, id=None, parser=None,
-                   **_) -> list[float]:
+                   end_of_turn=None, **_) -> list[float]:
     """1.0 when bfcl-eval's checker accepts the completion, else 0.0 (no shaping term).
 
     The completion is decoded by the row's `parser` column (families.parser_name of the model trained, set by
     formats.grpo_dataset: Python calls, xLAM's JSON list, Qwen's <tool_call> blocks, after Qwen3's reasoning);
-    without one, by tinyllm_utils.bfcl.decoding (literals only, never evaluated). Unparseable, unsafe or
+    without one, by tinyllm_utils.bfcl.decoding (literals only, never evaluated); the text ends at the row's
+    `end_of_turn` (e.g. TinyLlama's `</s>`) or any family's end of turn. Unparseable, unsafe or
     otherwise malformed text scores 0, and so does a text the checker itself fails on. Columns are the stage-02
     row's JSON strings (grpo_dataset)."""
     rewards, crashes = [], []
@@ -41,7 +42,8 @@ def checker_reward(prompts, completions, *, category, messages, functions, targe
                "functions": functions[i], "target": target[i]}
         parse = parser_by_name(parser[i]) if parser else None
         try:
-            valid = score_single_turn(row_example(row), _completion_text(completion), parse)["valid"]
+            text = _completion_text(completion, end_of_turn[i] if end_of_turn else None)
+            valid = score_single_turn(row_example(row), text, parse)["valid"]
         except Exception as exc:  # noqa: BLE001 (a checker crash on an odd output is that output's failure)
             valid = False
             crashes.append(f"{row['id']}: {type(exc).__name__}: {exc}")
