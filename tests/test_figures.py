@@ -2,12 +2,15 @@
 regeneration command (`python -m tinyllm_utils.stages.analysis --run ... --out ...`)."""
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.text
+import pandas as pd
 import pytest
 
 from tinyllm_utils.analysis import baseline_views, figures, reference, runs
@@ -42,7 +45,9 @@ def test_figure_functions_draw_what_they_measure(tables):
     results, entries = tables["results"], tables["entries"]
     heatmap = figures.plot_category_heatmap(results)
     assert "per category" in titles(heatmap) and "n = 2-4" in titles(heatmap)
-    assert len(heatmap.axes[0].get_yticklabels()) == results["key"].nunique()
+    columns = [t.get_text() for t in heatmap.axes[0].get_xticklabels()]  # one column per model/method, short
+    assert len(columns) == results["key"].nunique() and "gemma-3-270m SFT→DPO" in columns
+    assert "simple_java (n=4)" in [t.get_text() for t in heatmap.axes[0].get_yticklabels()]
     ablation = figures.plot_method_ablation(results)
     labels = {t.get_text() for t in ablation.axes[0].get_xticklabels()}
     assert "overall (v3 scoring)" in labels and "overall (v4 scoring)" not in labels  # never run: no bar, not 0
@@ -64,8 +69,53 @@ def test_figure_functions_draw_what_they_measure(tables):
     assert f"({len(entries)} entries)" in titles(kinds)
     curves = figures.plot_training_curves(tables["curves"])
     assert [ax.get_ylabel() for ax in curves.axes] == ["loss", "eval_loss"]
+    assert "logged steps" in titles(curves)
     for fig in (heatmap, ablation, multi, compute, kinds, curves):
         matplotlib.pyplot.close(fig)
+
+
+def every_figure(tables, outputs):
+    results, entries = tables["results"], tables["entries"]
+    stage = outputs / "quick" / "01_baseline_evaluation"
+    edge = pd.read_csv(next((outputs / "quick").rglob("edge_table.csv"))).assign(n=8)  # the fixture records none
+    from tinyllm_utils.analysis import edge_views
+
+    return {"category_heatmap": figures.plot_category_heatmap(results),
+            "method_ablation": figures.plot_method_ablation(results),
+            "multi_turn_vs_params": figures.plot_multi_turn_vs_params(results),
+            "accuracy_vs_training_compute": figures.plot_accuracy_vs_compute(results),
+            "error_kinds": figures.plot_error_kinds(entries),
+            "training_curves": figures.plot_training_curves(tables["curves"]),
+            "accuracy_latency_memory": edge_views.plot_edge_pareto(edge),
+            "baseline_accuracy": baseline_views.plot_category_accuracy(baseline_views.metrics_table(stage)),
+            "baseline_failure_modes": baseline_views.plot_failure_modes(baseline_views.failure_mode_table(stage))}
+
+
+def test_every_figure_says_its_n_and_is_legible_at_report_size(tables, outputs):
+    """A report page shows a figure about 900 px wide: wider than 12 inches, or text under 8 pt, and it cannot
+    be read there. Each says how many entries (or steps) it rests on."""
+    for name, fig in every_figure(tables, outputs).items():
+        text = titles(fig) + " " + (fig._suptitle.get_text() if fig._suptitle else "") + " ".join(
+            t.get_text() for ax in fig.axes for t in ax.get_yticklabels())
+        assert re.search(r"\bn ?= ?\d|\d+ (selected )?entries", text), (name, text)
+        assert fig.get_size_inches()[0] <= 12, (name, fig.get_size_inches())
+        fig.canvas.draw()
+        small = {t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text() and t.get_fontsize() < 8}
+        assert not small, (name, small)
+        matplotlib.pyplot.close(fig)
+
+
+def test_short_labels_name_the_method_and_the_table_names_the_model(tables):
+    results = tables["results"]
+    labels = set(results["label"])
+    assert {"gemma-3-270m", "gemma-3-270m SFT", "gemma-3-270m SFT→DPO", "gemma-3-270m SFT Q8_0"} <= labels
+    names = runs.label_table(results).set_index("label")
+    assert names.loc["gemma-3-270m SFT→DPO", "model"] == "gemma-3-270m-sft-dpo"
+    assert len(names) == results["key"].nunique()
+    assert runs.short_label("cycle 2", "gemma-3-270m-sft-lora-dpo_lora-dpo_lora", "gemma-3-270m") == "cycle 2"
+    assert runs.short_label("sft→grpo", "gemma-3-270m-sft-grpo-Q4_0", quantization="Q4_0", edge=True) == \
+        "SFT→GRPO Q4_0"
+    assert runs.short_label("base", "Salesforce/xLAM-2-1b-fc-r", several_bases=True) == "xLAM-2-1b-fc-r"
 
 
 def test_training_curves_read_the_trainer_log(tables):

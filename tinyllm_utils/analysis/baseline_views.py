@@ -65,8 +65,8 @@ def failure_mode_table(stage_dir: str | Path) -> pd.DataFrame:
 
 def plot_category_accuracy(metrics: pd.DataFrame):
     """Bar chart of accuracy per category (one colour per model) with 95 % Wilson intervals."""
-    fig, ax = plt.subplots(figsize=(11, 4.5))
     data = metrics.dropna(subset=["accuracy"])
+    fig, ax = plt.subplots(figsize=(min(11, 0.55 * data["category"].nunique() + 3), 4.5))
     sns.barplot(data=data, x="category", y="accuracy", hue="model", ax=ax, errorbar=None)
     categories = list(dict.fromkeys(data["category"]))
     models = list(dict.fromkeys(data["model"]))
@@ -80,26 +80,39 @@ def plot_category_accuracy(metrics: pd.DataFrame):
     ax.set_ylabel("accuracy (%)")
     ax.set_xlabel("")
     n = data["n"]
-    ax.set_title(f"BFCL accuracy per category, {n.min()}-{n.max()} entries each "
-                 f"({int(n.sum())} in all; bars: 95 % Wilson interval)" if len(n) else "BFCL accuracy per category")
-    ax.tick_params(axis="x", rotation=60)
+    ax.set_title(f"BFCL accuracy per category, {n.min()}-{n.max()} entries each\n"
+                 f"({int(n.sum())} in all; bars: 95 % Wilson interval)" if len(n) else "BFCL accuracy per category",
+                 fontsize=10)
+    plt.setp(ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
     fig.tight_layout()
     return fig
 
 
 def plot_failure_modes(failures: pd.DataFrame):
-    """Stacked bars: share of each failure mode per category."""
-    shares = failures.div(failures.sum(axis=1), axis=0) * 100
-    several = len(failures.index.get_level_values(0).unique()) > 1
-    shares.index = [f"{m} · {c} (n={int(failures.loc[(m, c)].sum())})" if several
-                    else f"{c} (n={int(failures.loc[(m, c)].sum())})" for m, c in shares.index]
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    shares.plot(kind="bar", stacked=True, ax=ax, colormap="tab10", width=0.85)
-    ax.set_ylabel("share of entries (%)")
-    ax.set_title(f"What the model did, per category ({int(failures.values.sum())} selected entries)")
-    ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left")
-    ax.tick_params(axis="x", rotation=60)
-    fig.tight_layout()
+    """Stacked horizontal bars: share of each failure mode per category (BFCL's order, top down), one panel per
+    model, each bar's n at its end."""
+    from tinyllm_utils.bfcl.data import ALL_CATEGORIES
+
+    models = list(dict.fromkeys(failures.index.get_level_values(0)))
+    present = set(failures.index.get_level_values(1))
+    categories = [c for c in ALL_CATEGORIES if c in present] + sorted(present - set(ALL_CATEGORIES))
+    fig, axes = plt.subplots(1, len(models), sharey=True, squeeze=False,
+                             figsize=(min(12, 2.6 * len(models) + 3.2), 0.32 * len(categories) + 1.8))
+    for ax, model in zip(axes[0], models):
+        counts = failures.loc[model].reindex(categories[::-1]).fillna(0)
+        n = counts.sum(axis=1)
+        (counts.div(n.replace(0, 1), axis=0) * 100).plot(kind="barh", stacked=True, ax=ax, colormap="tab10",
+                                                         width=0.8, legend=False)
+        for i, count in enumerate(n):
+            ax.text(101, i, f"n={int(count)}" if count else "not run", va="center", fontsize=8, clip_on=False)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("share of entries (%)")
+        ax.set_title(f"{model} ({int(n.sum())} entries)" if len(models) > 1 else "", fontsize=10)
+    axes[0][0].set_ylabel("")
+    handles, names = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=9, frameon=False)
+    fig.suptitle(f"What the model did, per category ({int(failures.values.sum())} selected entries)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 1), w_pad=3)
     return fig
 
 

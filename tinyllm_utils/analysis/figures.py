@@ -42,18 +42,23 @@ def _n_span(n: pd.Series) -> str:
 
 
 def plot_category_heatmap(results: pd.DataFrame):
-    """Accuracy (%) per model/method (rows) x BFCL category (columns); empty cells were not run."""
+    """Accuracy (%) per BFCL category (rows) x model/method (columns, the short labels); empty cells were not run."""
     cats = results[results["kind"] == "category"]
     order = [c for c in ALL_CATEGORIES if c in set(cats["category"])]
-    pivot = cats.pivot_table(index="label", columns="category", values="accuracy", sort=False).reindex(columns=order)
-    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(order) + 3), max(2.5, 0.45 * len(pivot) + 1.8)))
-    sns.heatmap(pivot, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="viridis", cbar_kws={"label": "accuracy (%)"},
-                linewidths=0.5, ax=ax)
+    pivot = cats.pivot_table(index="category", columns="label", values="accuracy", sort=False).reindex(order)
+    n = cats.pivot_table(index="category", columns="label", values="n", sort=False).reindex(order)
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.85 * pivot.shape[1] + 4), max(3, 0.36 * len(order) + 2)))
+    sns.heatmap(pivot, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="viridis", linewidths=0.5, ax=ax,
+                annot_kws={"fontsize": 9}, cbar_kws={"label": "accuracy (%)", "shrink": 0.8})
     ax.set_xlabel("")
     ax.set_ylabel("")
-    ax.set_title(f"BFCL accuracy (%) per category, {len(pivot)} model/method rows; {_n_span(cats['n'])} selected "
-                 "entries per cell (blank: not run)")
-    ax.tick_params(axis="x", rotation=60)
+    # the n of each row, where it is one number across the row (it is, within one run's protocol)
+    ax.set_yticks(np.arange(len(order)) + 0.5, [
+        f"{c} (n={int(row.min())})" if row.notna().any() and row.min() == row.max() else c
+        for c, row in n.iterrows()], rotation=0)
+    plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
+    ax.set_title(f"BFCL accuracy (%) per category and model/method\n{pivot.shape[1]} models/methods; "
+                 f"{_n_span(cats['n'])} selected entries per cell (blank: not run)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -76,8 +81,8 @@ def plot_method_ablation(results: pd.DataFrame):
               (cat_long, shared, shared,
                f"Categories every method was evaluated on ({_n_span(cat_long['n'])} entries each)")]
     panels = [panel for panel in panels[:1] if panel[1]] + panels[1:]  # a few categories: no Table IV score
-    width_of = min(14, max(8, 0.3 * max(len(columns), len(shared)) * len(labels) + 5))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width_of, 4 * len(panels)), squeeze=False)
+    width_of = min(11, max(7, 0.25 * max(len(columns), len(shared)) * len(labels) + 4))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width_of, 3.6 * len(panels) + 0.8), squeeze=False)
     axes = axes[:, 0]
     for ax, (data, cols, ticks, subtitle) in zip(axes, panels):
         present = [label for label in labels if label in set(data["label"])]
@@ -89,14 +94,16 @@ def plot_method_ablation(results: pd.DataFrame):
             # clip: an interval can sit a rounding error past the point estimate (a category answered all wrong)
             yerr = np.clip([sub["value"] - sub["ci_low"], sub["ci_high"] - sub["value"]], 0, None)
             ax.errorbar(xs, sub["value"], yerr=yerr, fmt="none", ecolor="black", elinewidth=1, capsize=2)
-        ax.set_xticks(range(len(cols)), ticks, rotation=20)
+        ax.set_xticks(range(len(cols)), ticks)
+        plt.setp(ax.get_xticklabels(), rotation=20, ha="right", rotation_mode="anchor")
         ax.set_ylim(0, 100)
         ax.set_ylabel("accuracy (%)")
         ax.set_title(subtitle, fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, color=palette[label]) for label in labels]
-    axes[0].legend(handles, labels, bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
-    fig.suptitle("Method ablation: BFCL accuracy per model/method (bars: 95 % interval)")
-    fig.tight_layout()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=9, frameon=False)
+    fig.suptitle("Method ablation: BFCL accuracy per model/method (bars: 95 % interval)", fontsize=11)
+    rows_of_legend = -(-len(labels) // 6)
+    fig.tight_layout(rect=(0, 0.02 + 0.03 * rows_of_legend, 1, 1))
     return fig
 
 
@@ -125,7 +132,7 @@ def plot_multi_turn_vs_params(results: pd.DataFrame, reference: pd.DataFrame | N
         ax.errorbar(ours["params_b"], ours["value"], yerr=[ours["value"] - ours["ci_low"], ours["ci_high"] - ours["value"]],
                     fmt="*", color="crimson", ms=12, capsize=3, label="ours (BFCL v4 data, 95 % interval)")
         for _, row in ours.iterrows():
-            ax.annotate(row["label"], (row["params_b"], row["value"]), fontsize=7, xytext=(5, -10),
+            ax.annotate(row["label"], (row["params_b"], row["value"]), fontsize=8, xytext=(5, -10),
                         textcoords="offset points")
         n_text = f"ours: {_n_span(ours['n'])} entries"
     ax.set_xscale("log")
@@ -133,9 +140,9 @@ def plot_multi_turn_vs_params(results: pd.DataFrame, reference: pd.DataFrame | N
     ax.set_ylim(-2, 100)
     ax.set_xlabel("parameters (billions, nominal; log scale)")
     ax.set_ylabel("multi-turn accuracy (%)")
-    ax.set_title(f"Multi-turn accuracy vs model size: BFCL v3 and v4 shown side by side (not comparable data); "
-                 f"{n_text}", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"Multi-turn accuracy vs model size: BFCL v3 and v4 side by side (not comparable data)\n"
+                 f"{n_text}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
 
@@ -183,7 +190,7 @@ def plot_accuracy_vs_compute(results: pd.DataFrame):
     ax.errorbar(data["training_seconds_total"] / 60, data["value"],
                 yerr=[data["value"] - data["ci_low"], data["ci_high"] - data["value"]], fmt="o", capsize=3)
     for _, row in data.iterrows():
-        ax.annotate(row["label"], (row["training_seconds_total"] / 60, row["value"]), fontsize=7, xytext=(5, 4),
+        ax.annotate(row["label"], (row["training_seconds_total"] / 60, row["value"]), fontsize=9, xytext=(5, 4),
                     textcoords="offset points")
     ax.set_xlabel("training wall time, including parent stages (minutes)")
     label = TABLE_IV_LABELS.get(column, column)
@@ -206,22 +213,32 @@ def plot_error_kinds(entry_table: pd.DataFrame):
     ax.set_xlabel("share of selected entries (%)")
     ax.set_ylabel("")
     ax.set_xlim(0, 100)
-    ax.set_title(f"What each model/method answered, by BFCL error kind ({int(counts.values.sum())} entries)")
-    ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+    ax.set_title(f"What each model/method answered, by BFCL error kind ({int(counts.values.sum())} entries)",
+                 fontsize=10)
+    ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def plot_training_curves(curves: pd.DataFrame):
-    """Training (and evaluation) loss per step for each training run found under the run folder."""
+    """Training (and evaluation) loss per step for each training run found under the run folder, named by the
+    methods' short labels."""
+    from matplotlib.ticker import MaxNLocator
+
+    from tinyllm_utils.analysis.runs import METHOD_LABELS
+
     metrics = [m for m in ("loss", "eval_loss", "train_loss") if m in set(curves["metric"])] or \
         sorted(set(curves["metric"]))[:2]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    curves = curves.assign(method=curves["method"].map(lambda m: METHOD_LABELS.get(m, m)))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics) + 1, 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         data = curves[curves["metric"] == metric]
         sns.lineplot(data=data, x="step", y="value", hue="method", marker="o", ax=ax)
-        ax.set_title(f"{metric} per optimizer step ({data['training'].nunique()} training runs)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        steps = data.groupby("training")["step"].nunique()
+        ax.set_title(f"{metric} per optimizer step\n({len(steps)} training runs, {_n_span(steps)} logged steps "
+                     "each)", fontsize=10)
         ax.set_ylabel(metric)
+        ax.legend(fontsize=9, title=None)
     fig.tight_layout()
     return fig
-

@@ -262,21 +262,49 @@ def _eval_columns(ev: Evaluation) -> dict:
             "peak_memory_mb": ev.peak_memory_mb, "bfcl_eval": ev.bfcl_eval, "checkpoint": ev.checkpoint}
 
 
+# Short names for the figures and tables; the full names (model, method, quantization, stage) are in
+# `label_table`, which the report prints beside them.
+METHOD_LABELS = {"base": "base", "sft-lora": "SFT", "sft-full": "SFT (full)", "dpo": "DPO", "grpo": "GRPO",
+                 "sft→dpo": "SFT→DPO", "sft→grpo": "SFT→GRPO"}
+
+
+def short_label(method: str, model: str, base_model: str | None = None, quantization: str | None = None, *,
+                several_bases: bool = False, edge: bool = False) -> str:
+    """A figure's name for one evaluation: the method's short name (`base`, `SFT`, `DPO`, `SFT→DPO`, `SFT→GRPO`,
+    `cycle 2`, ...), the base model's name in front only when the run holds several base models, and the
+    quantization after it for a variant of the edge stage (`SFT→GRPO Q4_0`). Unique labels: `_labels`."""
+    name = METHOD_LABELS.get(method, method)
+    if several_bases:
+        base = str(base_model or model).split("/")[-1]
+        name = base if method == "base" else f"{base} {name}"
+    return f"{name} {quantization}" if edge and quantization else name
+
+
 def _labels(evaluations: list[Evaluation]) -> dict[str, str]:
-    """Short, unique labels: model · method [· quantization], with run/stage added only where needed."""
-    labels = {}
-    for ev in evaluations:
-        label = f"{ev.model} · {ev.method}" + (f" · {ev.quantization}" if ev.quantization else "")
-        labels[ev.key] = label
-    counts = pd.Series(list(labels.values())).value_counts()
-    for ev in evaluations:
-        if counts[labels[ev.key]] > 1:
-            labels[ev.key] = f"{labels[ev.key]} [{ev.run_id}/{ev.stage}]"
-    counts = pd.Series(list(labels.values())).value_counts()
-    for ev in evaluations:  # two of one model and method in one stage: only the key tells them apart
-        if counts[labels[ev.key]] > 1:
-            labels[ev.key] = f"{ev.model} · {ev.method} [{ev.key}]"
+    """Short, unique labels (short_label); where two evaluations share one, the stage's number, then the run,
+    then the key tells them apart."""
+    bases = sorted({ev.model for ev in evaluations if ev.method == "base"}, key=len, reverse=True)
+
+    def base_of(ev: Evaluation) -> str:  # an edge variant records no base model: its name starts with it
+        return next((b for b in bases if ev.model.startswith(b)), ev.base_model)
+
+    labels = {ev.key: short_label(ev.method, ev.model, base_of(ev), ev.quantization, several_bases=len(bases) > 1,
+                                  edge="edge" in ev.stage) for ev in evaluations}
+    for extra in (lambda ev: ev.stage[:2], lambda ev: f"{ev.run_id}/{ev.stage[:2]}", lambda ev: ev.key):
+        counts = pd.Series(list(labels.values())).value_counts()
+        for ev in evaluations:
+            if counts[labels[ev.key]] > 1:
+                labels[ev.key] = f"{labels[ev.key].split(' [')[0]} [{extra(ev)}]"
     return labels
+
+
+def label_table(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per label: the short label and the full names it stands for (model, method, quantization, backend,
+    stage, key), for the report's table beside the figures."""
+    columns = ["label", "model", "method", "quantization", "backend", "stage", "key"]
+    if not len(results):
+        return pd.DataFrame(columns=columns)
+    return results.drop_duplicates("key")[columns].reset_index(drop=True)
 
 
 def entries(evaluations: list[Evaluation]) -> pd.DataFrame:
