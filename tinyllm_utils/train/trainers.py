@@ -49,6 +49,7 @@ from tinyllm_utils.core.work import finish_work, open_work, replace_dir_atomic
 from tinyllm_utils.models.registry import ModelSpec
 from tinyllm_utils.train.formats import drop_too_long
 from tinyllm_utils.train.head_only import is_peft, trainer_classes
+from tinyllm_utils.train.progress import attach as attach_progress
 from tinyllm_utils.train.reward import checker_reward
 
 STEP_CURVES = ("loss", "eval_loss", "learning_rate", "grad_norm", "rewards/margins", "rewards/accuracies",
@@ -241,6 +242,7 @@ def _train(trainer, method: str, out_dir: Path, key: dict, tokenizer, spec: Mode
         clock = Path(last) / CLOCK_FILE
         seconds_at_resume = json.loads(clock.read_text())["seconds"] if clock.exists() else None
     trainer.add_callback(training_clock(seconds_at_resume or 0.0))
+    attach_progress(trainer, method)  # text lines and a curve table, not transformers' per-step dicts
     start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=last)
     seconds = (seconds_at_resume or 0.0) + time.perf_counter() - start
