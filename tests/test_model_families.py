@@ -407,3 +407,17 @@ def test_run_json_names_mode_and_parser(tmp_path, monkeypatch):
     assert row["raw"] == answer and row["valid"]
     assert metrics["categories"]["simple_python"]["accuracy"] == 1.0
     assert evaluate_module.rescore(tmp_path)["changed"] == []
+
+
+def test_the_paper_profile_shows_each_models_training_and_evaluation_path():
+    from tinyllm_utils.core.profiles import resolve_profile
+    from tinyllm_utils.models.dry_run import profile_paths
+
+    for profile, trained in (("paper", "qwen3-0.6b-fc"), ("paper-xlam", "xlam-2-1b-fc-r")):
+        text = profile_paths(resolve_profile(profile)["stages"])
+        block = text.split(f"  {trained}: ")[1].split("\n  ")[0]
+        assert "trained by SFT (04" in block and "trained by DPO (05)" in block
+        assert f"training:   prompt by bfcl" in text and "evaluation: fc mode" in text
+        for model in resolve_profile(profile)["stages"]["01_baseline_evaluation"]["models"]:
+            spec = resolve_model(model)
+            assert f"  {model}: " in text and (spec.revision or "not pinned: add `  revision: <sha>`" in text)

@@ -205,9 +205,13 @@ def main(argv=None) -> None:
         for stage, status, reasons in plan_pipeline(args.profile, args.run_id, args.stages,
                                                     overrides=parse_overrides(args.overrides), force=args.force):
             print(f"{stage:24} {status:12} {'; '.join(reasons)}")
-        return
-    if args.show:
-        print(yaml.safe_dump(resolve_profile(args.profile, parse_overrides(args.overrides)), sort_keys=False))
+    if args.plan or args.show:
+        from tinyllm_utils.models.dry_run import profile_paths  # each model's evaluation and training path
+
+        resolved = resolve_profile(args.profile, parse_overrides(args.overrides))
+        if args.show:
+            print(yaml.safe_dump(resolved, sort_keys=False))
+        print(profile_paths(resolved["stages"]))
         return
     run_root = run_pipeline(args.profile, args.run_id, args.stages, overrides=parse_overrides(args.overrides),
                             force=args.force)

@@ -55,3 +55,35 @@ def dry_run(model: str, category: str = "simple_python") -> str:
         lines.append(f"prompt of {example.id}{turn} (the tokenizer adds BOS):")
         lines.append(entry_prompt(example.entry, spec))
     return "\n".join(lines)
+
+
+# stages whose `model` is the one trained, and what they do for it (06 trains from 04's checkpoint)
+TRAINING_STAGES = {"02_data_filtering": "its rows (02)", "03_pair_construction": "its pairs (03)",
+                   "04_sft": "trained by SFT (04; 06 from it: SFT->DPO, SFT->GRPO)", "05_dpo": "trained by DPO (05)"}
+
+
+def profile_paths(stages: dict) -> str:
+    """For a resolved profile (core.profiles.resolve_profile's `stages`), each model it evaluates or trains: its
+    revision, and its evaluation and training paths (renderer, parser, mode), without weights; what
+    `python -m tinyllm_utils.pipeline --profile NAME --show` prints after the parameters."""
+    from tinyllm_utils.models.registry import resolve_model, revision_missing
+
+    baseline = stages.get("01_baseline_evaluation", {})
+    backend = baseline.get("backend", "?")
+    roles: dict[str, list[str]] = {}
+    for model in baseline.get("models", []):
+        roles.setdefault(model, []).append("evaluated (01)")
+    for stage, role in TRAINING_STAGES.items():
+        if stage in stages and stages[stage].get("model"):
+            roles.setdefault(stages[stage]["model"], []).append(role)
+    if "03_pair_construction" in stages:
+        roles.setdefault(stages["03_pair_construction"]["rejecter"], []).append("rejecter (03)")
+    lines = [f"models: evaluation backend {backend}; trained models (04-06) are evaluated like their bases, with "
+             "stage 01's protocol"]
+    for model, what in roles.items():
+        spec = resolve_model(model)
+        lines += [f"  {model}: {', '.join(what)}",
+                  f"    revision:   {spec.revision or ('embedded PyPI package' if spec.source == 'embedded' else revision_missing(spec))}",
+                  f"    evaluation: {scoring_path(spec)}",
+                  f"    training:   {training_path(spec)}"]
+    return "\n".join(lines)
