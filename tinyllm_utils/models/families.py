@@ -16,6 +16,9 @@ A registry entry names its `family` (a key of FAMILIES), `mode` (prompting: BFCL
 call syntax; fc: the functions rendered as the family's tools, answers in its own tool-call syntax),
 `reasoning` (none | strip_think | disable_thinking) and a pinned hub `revision`.
 
+Training uses the same renderer (`training_prompt`, `training_example`): a family's rows, pairs and GRPO prompts
+are its evaluation prompts, answered in its own syntax (TARGETS) and ended with its end of turn.
+
     python -c "from tinyllm_utils.models.dry_run import dry_run; print(dry_run('Salesforce/xLAM-2-1b-fc-r'))"
 """
 
