@@ -40,6 +40,8 @@ test: install
 test-all: install
 	$(PY) -m pytest tests -p no:cacheprovider
 
+# From outputs/$(RUN_ID) alone: the tables, every figure, REPORT.md (the run's report card) and the run's executed
+# notebooks (paper_figures/notebooks/, stamped with the run id and commit that tests/test_reference_run.py checks).
 figures: install
 	$(PY) -m tinyllm_utils.stages.analysis --run outputs/$(RUN_ID) --out paper_figures
 

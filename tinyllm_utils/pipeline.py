@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from tinyllm_utils.core.profiles import (
     stage_inputs,
     stage_material,
 )
-from tinyllm_utils.core.results import manifest, write_json_atomic
+from tinyllm_utils.core.results import git_state, manifest, write_json_atomic
 
 
 def _check_pairing(stage: str) -> None:
@@ -95,6 +96,79 @@ def local_kernel_manager():
     return LocalKernelManager
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
+
+
+def cpu_description() -> dict:
+    """What the report card says of the CPU beside `hardware` (core.results): its model name, the cores this
+    process may use (a container or taskset can allow fewer than cpu_count) and the thread settings set in the
+    environment (unset: each library picks its own)."""
+    model = None
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), None)
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"model": model, "usable_cores": usable,
+            "thread_env": {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ}}
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    try:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes started by `pid`, at any depth (Linux /proc; [] elsewhere)."""
+    parents = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+class KernelMemory:
+    """The peak resident memory (VmHWM, MB) of the largest process a stage runs: its notebook kernel, or a
+    process the kernel starts. A thread reads it every `interval` seconds while the stage runs, so growth in the
+    last interval before the kernel exits can be missed. Not getrusage(RUSAGE_CHILDREN): that is one maximum over
+    every stage so far, and a kernel started by fork + exec reports this process's size at the fork. None where
+    /proc is not there."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak_mb = interval, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _poll(self) -> None:
+        for pid in _descendants(os.getpid()):
+            mb = _vm_hwm_mb(pid)
+            if mb is not None and (self.peak_mb is None or mb > self.peak_mb):
+                self.peak_mb = mb
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._poll()
+
+    def __enter__(self) -> "KernelMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | None = None,
                  output_root: Path | None = None, progress: bool = True, overrides: dict | None = None,
                  force: list[str] | None = None) -> Path:
@@ -109,7 +183,7 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
     env = kernel_env()
     kernel_malloc = {name: env[name] for name in KERNEL_MALLOC_ENV}
     write_json_atomic(run_root / "pipeline.json", manifest({"profile": profile, "stages": plan}, run_id=run_id,
-                                                           kernel_malloc_env=kernel_malloc))
+                                                           kernel_malloc_env=kernel_malloc, cpu=cpu_description()))
 
     keys: dict[str, str | None] = {}
     for index, (stage, parameters) in enumerate(plan.items(), 1):
@@ -134,15 +208,18 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
         print(f"{prefix}: {work.describe()} -> {out}" + (f" (previous results in {work.moved_to})"
                                                          if work.moved_to else ""), flush=True)
         set_aside_downstream(run_root, stage, plan, prefix)
-        start = time.time()
-        papermill.execute_notebook(
-            str(notebook_path(stage)), str(out / f"{stage}.ipynb"), parameters=dict(parameters, stage_dir=str(out)),
-            cwd=str(PROJECT_ROOT), progress_bar=False, kernel_name="python3",
-            kernel_manager_class=local_kernel_manager(),
-            # forward the notebook's own output (per-entry progress bars) to this terminal
-            stdout_file=sys.stdout if progress else None, stderr_file=sys.stderr if progress else None,
-        )
-        stage_lib.finish_work(work, seconds=round(time.time() - start, 1))
+        start, git = time.time(), git_state()  # the code the stage runs is the checkout's when it starts
+        with KernelMemory() as memory:
+            papermill.execute_notebook(
+                str(notebook_path(stage)), str(out / f"{stage}.ipynb"),
+                parameters=dict(parameters, stage_dir=str(out)), cwd=str(PROJECT_ROOT), progress_bar=False,
+                kernel_name="python3", kernel_manager_class=local_kernel_manager(),
+                # forward the notebook's own output (per-entry progress bars) to this terminal
+                stdout_file=sys.stdout if progress else None, stderr_file=sys.stderr if progress else None,
+            )
+        # the report card's per-stage row (analysis.report): this invocation's wall time, peak memory and commit
+        stage_lib.finish_work(work, seconds=round(time.time() - start, 1), git=git,
+                              peak_rss_mb=memory.peak_mb and round(memory.peak_mb, 1))
         keys[stage] = work.key
         print(f"{prefix}: done in {time.time() - start:.0f} s", flush=True)
     return run_root

@@ -1,6 +1,6 @@
 """Stage 08, the analysis: every evaluation of a run read from its files alone, into one results table, Table IV
-beside the published rows, paired comparisons, findings, and every figure. `make figures` runs it on a finished
-run:
+beside the published rows, paired comparisons, findings, every figure and the run's report card (REPORT.md).
+`make figures` runs it on a finished run, and copies the run's executed notebooks beside them:
 
     python -m tinyllm_utils.stages.analysis --run outputs/quick --out paper_figures
 """
@@ -36,6 +36,7 @@ from tinyllm_utils.analysis.figures import (
 )
 from tinyllm_utils.analysis.findings import compare, findings_markdown
 from tinyllm_utils.analysis.reference import table_iv, table_iv_markdown
+from tinyllm_utils.analysis.report import copy_notebooks, write_report
 from tinyllm_utils.analysis.runs import collect, entries, find_evaluations, save_table, training_curves
 from tinyllm_utils.core.results import save_figure, write_text_atomic
 
@@ -72,9 +73,12 @@ def analyze(root: str | Path, out_dir: str | Path, config: AnalysisConfig | None
 
 
 
-def make_figures(run_dir: str | Path, out_dir: str | Path, n_resamples: int = 2000) -> list[Path]:
-    """Regenerate every table and figure of a run from saved files alone; returns the written paths. What a
-    missing stage would have fed is listed in `<out>/figures_status.md` (and printed), not raised."""
+def make_figures(run_dir: str | Path, out_dir: str | Path, n_resamples: int = 2000,
+                 notebooks: bool = False) -> list[Path]:
+    """Regenerate every table and figure of a run and its REPORT.md from saved files alone; returns the written
+    paths. What a missing stage would have fed is listed in `<out>/figures_status.md` (and printed), not raised.
+    `notebooks`: also copy the run's executed notebooks into `<out>/notebooks/` (make figures; not the stage
+    itself, whose own notebook is still running)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     missing: list[str] = []
@@ -137,6 +141,9 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, n_resamples: int = 20
     status += ["", "## Missing (a stage that did not run; not an error)", ""] + [f"- {m}" for m in missing or ["none"]]
     write_text_atomic(out_dir / "figures_status.md", "\n".join(status) + "\n")
     written.append(out_dir / "figures_status.md")
+    if notebooks:
+        written += copy_notebooks(run_dir, out_dir)
+    written.append(write_report(run_dir, out_dir, results, done["comparisons"], missing))
     for line in missing:
         print(f"missing: {line}")
     return written
@@ -154,7 +161,7 @@ def main(argv=None) -> None:
     if not Path(args.run).is_dir():
         raise SystemExit(f"{args.run} does not exist: run the pipeline first (make reproduce)")
     start = time.perf_counter()
-    for path in make_figures(args.run, args.out, args.n_resamples):
+    for path in make_figures(args.run, args.out, args.n_resamples, notebooks=True):
         print(path)
     print(f"figures: rebuilt {args.out} from {args.run} in {time.perf_counter() - start:.1f} s")
 
