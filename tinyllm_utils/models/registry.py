@@ -53,6 +53,9 @@ class ModelSpec:
     method: str | None = None
     parent: str | None = None
     stage_key: str | None = None
+    # A GGUF LoRA adapter llama.cpp applies at run time on the GGUF at `path` (edge.lora_adapter): a 4-bit base
+    # with its fine-tune kept in F16 instead of merged and quantized with it.
+    lora_path: str | None = None
 
     def __post_init__(self):
         if self.family is None:
@@ -199,7 +202,8 @@ def weights_fingerprint(spec: ModelSpec) -> str:
 
     path = Path(spec.path)
     weights = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
-    return f"sha256:{content_digest(path, weights)}"
+    adapter = f"+lora:{content_digest(Path(spec.lora_path), [Path(spec.lora_path)])}" if spec.lora_path else ""
+    return f"sha256:{content_digest(path, weights)}{adapter}"
 
 
 def load_spec_file(folder: str | Path) -> ModelSpec:
