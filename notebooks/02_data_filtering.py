@@ -62,8 +62,10 @@ from tinyllm_utils.analysis import data_views
 from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
 from tinyllm_utils.data import rows
 from tinyllm_utils.stages import data_filtering
+from tinyllm_utils.train.progress import quiet_notebook_output
 
 stage_dir = resolve_stage_dir(stage_dir)  # `outputs/...` lands in the outputs folder, wherever Jupyter runs
+quiet_notebook_output()  # no library widget bars (saved frozen at 0 %); known, harmless warnings filtered
 config = config_from_parameters(data_filtering.DataConfig, globals())
 result = data_filtering.build_dataset(config)
 
@@ -75,6 +77,10 @@ result = data_filtering.build_dataset(config)
 # literal calls, calls offered functions, gives required arguments with the declared types and enums) come before
 # duplicate removal and the token budget. Reference answers that are expressions rather than literals (e.g.
 # `p=1/6`) are rejected, not evaluated.
+#
+# (The cell above prints llama.cpp's `llama_context: n_ctx_seq (512) > n_ctx_train (0) -- possible training
+# context overflow` once: the token budget counts tokens with the model's vocabulary alone (`vocab_only`), which
+# carries no training context length; nothing is generated there.)
 
 # %%
 display(result["filter_report"])

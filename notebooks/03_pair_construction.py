@@ -68,8 +68,10 @@ from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
 from tinyllm_utils.data import pairs
 from tinyllm_utils.models.registry import ModelUnavailableError
 from tinyllm_utils.stages import pair_construction
+from tinyllm_utils.train.progress import quiet_notebook_output
 
 stage_dir = resolve_stage_dir(stage_dir)  # `outputs/...` lands in the outputs folder, wherever Jupyter runs
+quiet_notebook_output()  # no library widget bars (saved frozen at 0 %); known, harmless warnings filtered
 config = config_from_parameters(pair_construction.PairConfig, globals())
 pd.set_option("display.max_colwidth", 80)
 config

@@ -44,13 +44,22 @@ from tinyllm_utils.analysis import training_views
 from tinyllm_utils.core.params import config_from_parameters, resolve_stage_dir
 from tinyllm_utils.stages.common import before_after, failure_shift, summary_table
 from tinyllm_utils.stages.dpo import DPOStageConfig, run_dpo_stage
+from tinyllm_utils.train.progress import quiet_notebook_output
 
 stage_dir = resolve_stage_dir(stage_dir)
+quiet_notebook_output()  # no library widget bars (saved frozen at 0 %); known, harmless warnings filtered
 config = config_from_parameters(DPOStageConfig, globals())
 config
 
 # %% [markdown]
 # ## Train, export, evaluate
+#
+# What the cell prints, per model: one line when training starts and one when it ends (steps done, seconds, first
+# and last loss), the logged curves as a short table (the whole curve is in `curves.csv` and plotted below), then
+# the evaluation's progress per category. Two informational lines are kept: llama.cpp's `llama_kv_cache_iswa:
+# using full-size SWA cache` (Gemma 3's sliding-window layers get a full cache: correct, slightly more memory) and
+# tokenizers' `Unknown separator token '<bos>' in TemplateProcessing<pair>` (the saved tokenizer's template for
+# sentence *pairs*, which no prompt here uses).
 
 # %%
 results = run_dpo_stage(config, stage_dir)

@@ -62,6 +62,17 @@ print(f"{len(written)} files rebuilt from {run_dir} in {time.perf_counter() - st
 display(Markdown((stage_dir / "figures_status.md").read_text()))
 
 # %% [markdown]
+# ## The report card
+#
+# `REPORT.md`, written beside the tables: where the run ran (environment, commit), each stage's wall time and peak
+# memory, the data and the training in brief; its tables and figures follow below. `make figures` rebuilds it into
+# `paper_figures/`, where this stage is listed as finished too.
+
+# %%
+report = (stage_dir / "REPORT.md").read_text()
+display(Markdown(report.split("\n## Findings")[0].split("\n", 1)[1]))
+
+# %% [markdown]
 # ## Table IV (the paper's layout), with reference rows
 
 # %%
@@ -88,6 +99,15 @@ display(comparisons[columns] if len(comparisons) else "no two evaluations share 
 display(Markdown((stage_dir / "findings.md").read_text()))
 
 # %% [markdown]
+# ## Names
+#
+# Tables and figures name each evaluation by a short label; what each stands for:
+
+# %%
+display(Markdown("\n\n".join(report.split("\n## Names\n", 1)[1].split("\n## ", 1)[0].split("\n\n")[1:])
+                 if "\n## Names\n" in report else "no evaluation yet"))
+
+# %% [markdown]
 # ## Figures
 
 # %%
@@ -102,3 +122,4 @@ for png in sorted(stage_dir.glob("*.png")):
 results = pd.read_parquet(stage_dir / "results.parquet")
 assert len(results) and set(results["stage"]) >= {"01_baseline_evaluation"}, results["stage"].unique()
 assert (stage_dir / "table_iv.md").exists() and (stage_dir / "findings.md").exists()
+assert report.startswith("<!-- report-card ") and "## Stages" in report

@@ -7,8 +7,9 @@ from tinyllm_utils.train import progress
 
 
 def history(steps: int) -> list[dict]:
-    rows = [{"loss": 3.0 - 0.01 * s, "grad_norm": 1.0, "learning_rate": 1e-4, "step": s, "epoch": s / steps}
-            for s in range(1, steps + 1)]
+    # as transformers logs them with include_num_input_tokens_seen: train_runtime in every step's log too
+    rows = [{"loss": 3.0 - 0.01 * s, "grad_norm": 1.0, "learning_rate": 1e-4, "step": s, "epoch": s / steps,
+             "train_runtime": 0.5 * s} for s in range(1, steps + 1)]
     return rows + [{"train_runtime": 9.0, "train_loss": 2.5, "step": steps}]
 
 
@@ -16,7 +17,7 @@ def test_curve_table_keeps_first_and_last_step_and_at_most_the_rows_asked():
     table = progress.curve_table(history(100), rows=12)
     assert len(table) == 12
     assert (table["step"].iloc[0], table["step"].iloc[-1]) == (1, 100)
-    assert list(table.columns) == ["step", "loss", "learning_rate", "grad_norm"]  # train_runtime row left out
+    assert list(table.columns) == ["step", "loss", "learning_rate", "grad_norm"]  # the closing summary left out
     assert len(progress.curve_table(history(3))) == 3
     assert progress.curve_table([]).empty
 
@@ -69,3 +70,22 @@ def test_attach_replaces_the_printer_callback():
     progress.attach(trainer, "dpo_lora")
     assert [type(c).__name__ for c in trainer.callbacks] == ["TrainingProgress"]
     assert trainer.callbacks[0].rows == 3
+
+
+def test_quiet_notebook_output_turns_off_library_bars_and_known_warnings():
+    import warnings
+
+    import datasets
+    from transformers.utils import logging
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # the filters it adds end with this block
+            warnings.simplefilter("always")
+            progress.quiet_notebook_output()
+            assert not datasets.is_progress_bar_enabled() and not logging.is_progress_bar_enabled()
+            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+            warnings.warn("an unknown deprecation", FutureWarning)
+        assert [str(w.message) for w in caught] == ["an unknown deprecation"]
+    finally:
+        datasets.enable_progress_bars()
+        logging.enable_progress_bar()

@@ -214,6 +214,9 @@ def run_pipeline(profile: str, run_id: str | None = None, stages: list[str] | No
                 str(notebook_path(stage)), str(out / f"{stage}.ipynb"),
                 parameters=dict(parameters, stage_dir=str(out)), cwd=str(PROJECT_ROOT), progress_bar=False,
                 kernel_name="python3", kernel_manager_class=local_kernel_manager(),
+                # one stdout and one stderr text per cell, carriage returns applied: a saved text progress bar
+                # reads as it ended (100 %), not as every redraw of it
+                coalesce_streams=True,
                 # forward the notebook's own output (per-entry progress bars) to this terminal
                 stdout_file=sys.stdout if progress else None, stderr_file=sys.stderr if progress else None,
             )

@@ -235,6 +235,8 @@ def plot_training_curves(curves: pd.DataFrame):
         data = curves[curves["metric"] == metric]
         sns.lineplot(data=data, x="step", y="value", hue="method", marker="o", ax=ax)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if data["step"].nunique() == 1:  # one logged step: one tick, not fractions around it
+            ax.set_xticks(data["step"].unique())
         steps = data.groupby("training")["step"].nunique()
         ax.set_title(f"{metric} per optimizer step\n({len(steps)} training runs, {_n_span(steps)} logged steps "
                      "each)", fontsize=10)

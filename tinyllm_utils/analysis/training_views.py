@@ -12,13 +12,19 @@ def plot_curves(curves: pd.DataFrame | str | Path, title: str = ""):
     """One panel per logged curve: loss (and eval loss), learning rate, grad norm, DPO reward margin and
     accuracy, GRPO mean reward with its spread."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if not isinstance(curves, pd.DataFrame):
         curves = pd.read_csv(curves)
     panels = [c for c in ("loss", "learning_rate", "grad_norm", "rewards/margins", "rewards/accuracies", "reward")
               if c in curves and curves[c].notna().any()]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.6 * max(len(panels), 1), 3), squeeze=False)
-    for ax, column in zip(axes[0], panels):
+    columns = min(max(len(panels), 1), 3)  # rows of three: a notebook shows the figure at its page's width
+    rows = -(-max(len(panels), 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3 * rows), squeeze=False)
+    for ax in axes.flat[max(len(panels), 1):]:
+        fig.delaxes(ax)  # fig.axes: the panels only
+    steps = int(curves["step"].nunique()) if "step" in curves else 0
+    for ax, column in zip(axes.flat, panels):
         data = curves[["step", column]].dropna()
         ax.plot(data["step"], data[column], marker=".", label=column)
         if column == "loss" and "eval_loss" in curves and curves["eval_loss"].notna().any():
@@ -31,7 +37,10 @@ def plot_curves(curves: pd.DataFrame | str | Path, title: str = ""):
                             spread["reward"] + spread["reward_std"], alpha=0.2)
         ax.set_title(column)
         ax.set_xlabel("step")
-    fig.suptitle(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if data["step"].nunique() == 1:  # a one-step run: one tick, not fractions around it
+            ax.set_xticks(data["step"].unique())
+    fig.suptitle(title or f"{steps} logged steps")
     fig.tight_layout()
     plt.close(fig)  # the caller shows the returned figure once
     return fig

@@ -10,9 +10,10 @@ one per step). `attach(trainer, name)` swaps it (and any bar) for `TrainingProgr
 * one line when it ends (steps done of planned, 100 %, seconds, first and last loss), then a compact table of
   the logged curves (`curve_table`: at most a dozen evenly spaced steps; the whole curve is in `curves.csv`).
 
-`quiet_library_bars()` turns off the progress bars that datasets, transformers and huggingface_hub draw with
-`tqdm.auto` (dataset `map`s, weight loading): in a notebook they are widgets, saved frozen at 0 %. The notebooks
-of the training stages call it once; a terminal run keeps them.
+`quiet_notebook_output()` turns off the progress bars that datasets, transformers and huggingface_hub draw with
+`tqdm.auto` (dataset `map`s and saves, weight loading): in a notebook they are widgets, saved frozen at 0 %. It
+also filters the warnings in KNOWN_WARNINGS, each known and harmless, with the reason beside it. The notebooks
+that load models or save datasets call it once; a terminal run keeps both.
 """
 
 from __future__ import annotations
@@ -26,12 +27,20 @@ import pandas as pd
 TABLE_COLUMNS = ("loss", "eval_loss", "learning_rate", "grad_norm", "rewards/margins", "rewards/accuracies",
                  "reward", "reward_std")
 TABLE_ROWS = 12
+# Warnings that are known and harmless: (message pattern, category, why it is filtered).
+KNOWN_WARNINGS = [
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning,
+     "peft reads transformers 5's deprecated alias when it wraps a model for LoRA (PeftModel.__init__); the "
+     "study sets activation checkpointing through its new name (trainers._defaults), and peft will follow"),
+]
 
 
 def curve_table(log_history: list[dict], rows: int = TABLE_ROWS) -> pd.DataFrame:
     """The logged curves, one row per logged step (train and eval logs of a step merged), thinned to at most
     `rows` evenly spaced steps, the first and last always kept."""
-    frame = pd.DataFrame([h for h in log_history if "step" in h and "train_runtime" not in h])
+    # a step's log (its train_runtime too, when tokens are counted); not the run's closing summary (train_loss)
+    frame = pd.DataFrame([h for h in log_history if "step" in h and "train_loss" not in h
+                          and any(c in h for c in TABLE_COLUMNS)])
     if frame.empty:
         return frame
     frame = frame.groupby("step", as_index=False).first()
@@ -111,9 +120,11 @@ def attach(trainer, name: str) -> None:
     trainer.add_callback(training_progress(name, len(dataset) if dataset is not None else None))
 
 
-def quiet_library_bars() -> None:
-    """Turn off the `tqdm.auto` bars of datasets, transformers and huggingface_hub in this process (see the
-    module docstring); the study's own bars (evaluation, filtering) are text bars and stay."""
+def quiet_notebook_output() -> None:
+    """Turn off the `tqdm.auto` bars of datasets, transformers and huggingface_hub in this process and filter
+    KNOWN_WARNINGS (module docstring); the study's own bars (evaluation, filtering) are text bars and stay."""
+    import warnings
+
     import datasets
     import huggingface_hub
     import transformers
@@ -121,3 +132,5 @@ def quiet_library_bars() -> None:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
+    for pattern, category, _ in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
