@@ -166,3 +166,29 @@ def test_weights_overwritten_at_the_same_path_refuse_to_resume(fake, tmp_path):
     model.write_bytes(b"GGUF retrained weights")  # a new model written where the old one was
     with pytest.raises(ValueError, match="input model weights changed"):
         evaluate(config, tmp_path / "out", progress=False)
+
+
+def test_a_resumed_batched_run_rebuilds_the_same_batches(fake, tmp_path):
+    config = EvalConfig(categories=["simple_python"], limit=4, parallel=2)
+    evaluate(config, tmp_path, progress=False)
+    assert fake.calls == 4
+    path = tmp_path / "predictions" / "simple_python.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3]) + "\n")  # killed after the first answer of the second batch
+    evaluate(config, tmp_path, progress=False)
+    # the whole second batch is answered again (its answers may depend on the batch), only the missing one kept
+    assert fake.calls == 6
+    assert [row["id"] for row in read_jsonl(path)] == [json.loads(line)["id"] for line in lines]
+
+
+def test_batching_and_the_decline_bias_are_part_of_the_protocol(fake, tmp_path):
+    plain = EvalConfig().prediction_keys()
+    assert "parallel" not in plain and "decline_bias" not in plain  # off: earlier evaluations still resume
+    assert EvalConfig(parallel=8).prediction_keys()["parallel"] == 8
+    assert EvalConfig(decline_bias=1.5).prediction_keys()["decline_bias"] == 1.5
+    evaluate(EvalConfig(categories=["simple_python"], limit=1), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="parallel"):
+        evaluate(EvalConfig(categories=["simple_python"], limit=1, parallel=4), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="decline_bias"):
+        evaluate(EvalConfig(categories=["simple_python"], limit=1, backend="transformers", decline_bias=1.0),
+                 tmp_path / "hf", progress=False)

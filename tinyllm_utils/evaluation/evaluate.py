@@ -47,6 +47,12 @@ class EvalConfig:
         "help": "llama_cpp | transformers | openai (a server: TINYLLM_OPENAI_BASE_URL, README)"})
     max_new_tokens: int = 256
     batch_size: int = field(default=8, metadata={"help": "prompts per batch (transformers backend)"})
+    parallel: int = field(default=1, metadata={
+        "help": "llama_cpp: answers decoded together, one decode call per token for all (1 = one at a time); "
+                "the batches are fixed slices of each category's seeded entries, so a resumed run forms the same"})
+    decline_bias: float | None = field(default=None, metadata={
+        "help": "Python categories, llama_cpp: logit added to the no-call answer's first token at the answer's "
+                "first position (a calibrated call/no-call decision: tinyllm_utils.evaluation.decline); None = off"})
     stop_when_hopeless: bool = field(default=True, metadata={
         "help": "Python categories: stop once the text can no longer decode as a call list (README)"})
     grammar: bool = field(default=False, metadata={
@@ -62,6 +68,9 @@ class EvalConfig:
             keys["grammar"] = GRAMMAR_VERSION  # predictions of an earlier grammar are not resumed
         else:
             del keys["grammar"]  # off, it changes nothing: evaluations made before the option still resume
+        for option, off in (("parallel", 1), ("decline_bias", None)):  # likewise
+            if keys[option] == off:
+                del keys[option]
         keys["bfcl_eval"] = BFCL_EVAL_VERSION
         return keys
 
@@ -97,6 +106,10 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
     if config.grammar and config.backend != "llama_cpp":
         raise ValueError(f"grammar=True needs the llama_cpp backend (got {config.backend!r}): "
                          "llama.cpp's sampler is what enforces the grammar")
+    if config.decline_bias is not None and (config.backend != "llama_cpp"
+                                            or not families.raw_answer_is_call_list(spec)):
+        raise ValueError(f"decline_bias biases the no-call sentence against a Python call list on llama_cpp; "
+                         f"{spec.name} on {config.backend!r} does not answer that way")
     if config.grammar and not families.raw_answer_is_call_list(spec):
         raise ValueError(f"grammar=True constrains Python call-list answers; {spec.name} answers in its family's "
                          "own syntax (JSON, <tool_call>) or reasons first")
@@ -121,7 +134,8 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
         if not todo:
             continue
         if backend is None:
-            backend = make_backend(spec, config.backend, config.max_new_tokens, config.seed, config.batch_size)
+            backend = make_backend(spec, config.backend, config.max_new_tokens, config.seed, config.batch_size,
+                                   parallel=config.parallel, decline_bias=config.decline_bias)
             run = json.loads((out_dir / "run.json").read_text())
             write_json_atomic(out_dir / "run.json", run | {"backend": backend.describe()})
         bar = tqdm(total=len(todo), desc=f"{spec.name} {category}", disable=not progress, unit="entry")
@@ -136,13 +150,18 @@ def evaluate(config: EvalConfig, out_dir: str | Path, progress: bool = True) -> 
             # Both read the raw text as a Python call list: only where the family answers with one.
             python_answers = language_of(category) == "python" and families.raw_answer_is_call_list(spec)
             hopeless_stop = config.stop_when_hopeless and python_answers
-            for start in range(0, len(todo), config.batch_size):
-                chunk = todo[start:start + config.batch_size]
+            # Fixed slices of the seeded entries, whatever is already done: an entry shares its batch with the
+            # same entries in a fresh and in a resumed run (quantized kernels can round by batch composition).
+            size = config.parallel if config.backend == "llama_cpp" else config.batch_size
+            slices = [examples[i:i + size] for i in range(0, len(examples), size)]
+            for chunk in (s for s in slices if any(e.id not in writer.done for e in s)):
                 prompts = [entry_prompt(e.entry, spec, backend.tokenizer) for e in chunk]
                 constrained = ({"grammars": [call_list_grammar(e.entry["function"]) for e in chunk]}
                                if config.grammar and python_answers else {})
                 generations = backend.generate(prompts, stop_when_hopeless=hopeless_stop, **constrained)
                 for example, generation in zip(chunk, generations):
+                    if example.id in writer.done:  # answered again only to rebuild its batch
+                        continue
                     stats = generation.to_dict()
                     writer.append(_row(example, stats.pop("text"), stats, parser))
                     bar.update()
