@@ -39,6 +39,8 @@ seed = 0
 backend = "llama_cpp"  # or "transformers"
 max_new_tokens = 256
 batch_size = 8  # prompts per batch on the transformers backend
+parallel = 1  # llama_cpp: answers decoded together, one decode call per token for all (1 = one at a time)
+decline_bias = None  # llama_cpp: logit bias on the no-call answer's first token (a calibrated decision); None = off
 stop_when_hopeless = True  # Python categories: stop once the text can no longer become a call list
 grammar = False  # Python categories (llama_cpp): only a call list of the offered functions, or prose
 models = ["gemma-3-270m"]
@@ -69,6 +71,10 @@ pd.set_option("display.precision", 1)
 # Decoding is greedy with a cap of `max_new_tokens`. A base model rarely ends its turn; for Python categories
 # generation also stops once the text can no longer become a call list (the score is then already decided),
 # which is what makes full categories affordable on two CPU cores.
+#
+# The cell prints each category's progress (as it ended) and a table per model. llama.cpp's one line
+# `llama_kv_cache_iswa: using full-size SWA cache` is informational: Gemma 3's sliding-window layers get a full-size
+# cache (correct results, a little more memory).
 
 # %%
 try:

@@ -100,6 +100,10 @@ config
 #    folder aside): disputed pairs are dropped and the agreement rate is reported.
 # 7. **Save.** TRL's standard preference format: `prompt` is exactly what evaluation feeds `model`; `chosen` /
 #    `rejected` are completions ending with its end-of-turn marker, plus pair id, category, kind, checker error.
+#
+# The cell below prints the rejecter's progress (as it ended) and one summary line; llama.cpp's
+# `llama_kv_cache_iswa: using full-size SWA cache` is informational (Gemma 3's sliding-window layers get a
+# full-size cache).
 
 # %%
 try:
