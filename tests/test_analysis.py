@@ -364,3 +364,17 @@ def test_analyze_writes_every_table(outputs, tmp_path):
                  "comparisons.csv", "findings.md"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert set(done["results"]["run_id"]) == {"quick"}
+
+
+def test_decoding_rows_and_matched_sft_get_their_own_comparisons(results):
+    keys = results.drop_duplicates("model").set_index("model")["key"]
+    sft, dpo = keys["gemma-3-270m-sft-lora"], keys["gemma-3-270m-sft-dpo"]
+    extra = results[results["key"].isin([sft, dpo])].copy()
+    decline = extra[extra["key"] == sft].assign(key=sft + "-decline", decoding="decline")
+    matched_method = findings.MATCHED_PREFIX + extra.loc[extra["key"] == dpo, "method"].iloc[0]
+    matched = extra[extra["key"] == sft].assign(key=sft + "-matched", method=matched_method, checkpoint="elsewhere")
+    table = pd.concat([results.assign(decoding="free"), decline, matched.assign(decoding="free")])
+    pairs = findings.default_pairs(table)
+    assert (sft, sft + "-decline") in pairs  # the decoding option against the same weights, decoded freely
+    assert [p for p in pairs if p[1] == sft + "-decline"] == [(sft, sft + "-decline")]  # and nothing else
+    assert (sft + "-matched", dpo) in pairs  # the hybrid against SFT at its compute

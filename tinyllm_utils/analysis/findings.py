@@ -15,13 +15,18 @@ from tinyllm_utils.analysis.stats import ALPHA, V4_COUNTS, holm, paired_differen
 
 # --------------------------------------------------------------------------------------------- comparisons
 
+MATCHED_PREFIX = "sft matched to "  # stages.hybrid: SFT continued for a hybrid's training seconds
+
 def default_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
     """(A, B) evaluation keys to compare, B the derived one, within one run:
 
     * a trained model (method other than "base") against the evaluation its run.json `parent` names (its key,
       folder, model, label or method, or a checkpoint inside its model folder) and against the base evaluation
       of the same base model;
-    * an edge variant (a quantization other than F16) against the F16 variant of its method and stage.
+    * an edge variant (a quantization other than F16) against the F16 variant of its method and stage;
+    * a decoding option's row (`decoding` other than "free": the grammar, the calibrated decline) against the same
+      weights decoded freely, and nothing else (its training is the free row's);
+    * a hybrid against the SFT continued for its training seconds (method "sft matched to <hybrid>").
 
     A file evaluated again (stage 07's F16 is stage 06's export) is compared as a derived model only once, at its
     first evaluation: the same test twice would only enlarge Holm's family.
@@ -29,10 +34,20 @@ def default_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
     if not len(results):
         return []
     evals = results.drop_duplicates("key").sort_values("key")
-    repeated = evals["checkpoint"].notna() & evals.duplicated(["run_id", "checkpoint"])
+    if "decoding" not in evals:
+        evals = evals.assign(decoding="free")
+    repeated = evals["checkpoint"].notna() & evals.duplicated(["run_id", "checkpoint", "decoding"])
     pairs = []
     for (_, b), again in zip(evals.iterrows(), repeated):
         same_run = evals[(evals["run_id"] == b["run_id"]) & (evals["key"] != b["key"])]
+        if b["decoding"] != "free":
+            plain = same_run[(same_run["decoding"] == "free") & (same_run["checkpoint"] == b["checkpoint"])
+                             & (same_run["stage"] == b["stage"])]
+            pairs += [(a, b["key"]) for a in plain["key"]]
+            continue
+        same_run = same_run[same_run["decoding"] == "free"]
+        matched = same_run[same_run["method"] == f"{MATCHED_PREFIX}{b['method']}"]
+        pairs += [(a, b["key"]) for a in matched["key"]]
         if pd.notna(b["quantization"]) and b["quantization"] != "F16":
             f16 = same_run[(same_run["stage"] == b["stage"]) & (same_run["method"] == b["method"])
                            & (same_run["quantization"] == "F16")]
@@ -155,6 +170,30 @@ def evaluation_summary(results: pd.DataFrame, key: str, entry_table: pd.DataFram
     return " ".join(lines)
 
 
+def compute_matched_section(results: pd.DataFrame, comparisons: pd.DataFrame) -> list[str]:
+    """The hybrids against SFT at equal compute: per hybrid, its training seconds beside its matched SFT's, and
+    the paired comparisons of the two (the study's answer to "does the hybrid add anything to more SFT?")."""
+    methods = results.drop_duplicates("key").set_index("key")
+    matched = comparisons[comparisons["a_key"].map(methods["method"]).fillna("").str.startswith(MATCHED_PREFIX)]
+    if not len(matched):
+        return []
+    out = ["### Hybrids against SFT at equal compute", "",
+           "Each hybrid is compared with SFT continued from the same checkpoint for as many steps as SFT ran in the "
+           "hybrid's training seconds (the hybrid is B, the matched SFT A).", ""]
+    for (a_key, b_key), rows in matched.groupby(["a_key", "b_key"], sort=False):
+        seconds = {k: methods.loc[k].get("training_seconds") for k in (a_key, b_key)}
+        won = rows[(rows["p_holm"] < ALPHA) & (rows["diff"] != 0)]
+        verdict = ("no difference established on any category or composite" if not len(won) else
+                   "; ".join(f"{'beats' if r['diff'] > 0 else 'trails'} it on {r['comparison']} by "
+                             f"{abs(r['diff']):.1f} points" for _, r in won.iterrows()))
+        cost = ", ".join(f"{methods.loc[k, 'label']} {seconds[k]:.0f} s" for k in (b_key, a_key)
+                         if pd.notna(seconds[k]))
+        out.append(f"- **{methods.loc[b_key, 'label']}** vs **{methods.loc[a_key, 'label']}**: {verdict} "
+                   f"(training: {cost}).")
+        out += [f"  - {comparison_sentence(row)}" for _, row in rows.iterrows()]
+    return out + [""]
+
+
 def findings_markdown(results: pd.DataFrame, comparisons: pd.DataFrame | None = None,
                       entry_table: pd.DataFrame | None = None) -> str:
     """Findings written from the tables: one paragraph per evaluation, then every paired comparison."""
@@ -172,6 +211,8 @@ def findings_markdown(results: pd.DataFrame, comparisons: pd.DataFrame | None = 
                 f"composite scores: a paired permutation test. p-values are Holm-adjusted over all {family} "
                 f"comparisons below (family-wise error 5 %).", ""]
         ordered = comparisons.sort_values(["p_holm", "comparison"])
+        out += compute_matched_section(results, comparisons)
+        out += ["### Every comparison", ""]
         out += [f"- {comparison_sentence(row)}" for _, row in ordered.iterrows()]
     else:
         out += ["## Paired comparisons", "", "No two evaluations share entries yet (only one method was run)."]
