@@ -39,8 +39,8 @@ seed = 0
 backend = "llama_cpp"  # or "transformers"
 max_new_tokens = 256
 batch_size = 8  # prompts per batch on the transformers backend
-parallel = 1  # llama_cpp: answers decoded together, one decode call per token for all (1 = one at a time)
-decline_bias = None  # llama_cpp: logit bias on the no-call answer's first token (a calibrated decision); None = off
+parallel = 1  # llama_cpp: answers decoded together, one decode call per token for all; 1: one at a time
+decline_bias = None  # llama_cpp: logit bias on the no-call answer's first token (a calibrated decision); None: off
 stop_when_hopeless = True  # Python categories: stop once the text can no longer become a call list
 grammar = False  # Python categories (llama_cpp): only a call list of the offered functions, or prose
 models = ["gemma-3-270m"]

@@ -37,6 +37,9 @@ full_sft = None  # trl.SFTConfig fields for full fine-tuning; None skips it
 lora = {}  # peft.LoraConfig fields over r 16, alpha 32, all linear layers
 train_rows = 8  # seeded sample of stage-02 train rows; None for all
 evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None for all of them
+curve_points = 0  # learning curve: this many intermediate LoRA checkpoints evaluated, plus the final model
+curve_categories = None  # the curve's categories; None for evaluate_categories
+decoding_rows = []  # the LoRA model again under "decline", "grammar", "grammar+decline": each its own row
 seed = 0
 stage_dir = "outputs/smoke/04_sft"
 

@@ -47,6 +47,10 @@ lora = {}
 train_pairs = None  # seeded sample of stage-03 train pairs for SFT -> DPO; None for all
 grpo_rows = 8  # seeded sample of stage-02 train rows as GRPO prompts
 grpo_max_prompt_length = 1024  # GRPO leaves out longer prompts (TRL 1.16 has no option of its own)
+# compute-matched SFT: SFT continued from `start` for the seconds each hybrid named here trained (None skips it)
+sft_matched = {"learning_rate": 2e-4, "lr_scheduler_type": "constant"}
+sft_matched_to = ["sft→dpo", "sft→grpo"]
+sft_matched_rows = 8  # seeded sample of stage-02 train rows for it
 evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None for all of them
 seed = 0
 stage_dir = "outputs/smoke/06_hybrid"

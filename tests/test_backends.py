@@ -89,3 +89,36 @@ def test_a_gguf_without_a_spec_is_prompted_as_gemma_only_when_it_is_gemma(tmp_pa
     monkeypatch.setattr(registry, "gguf_architecture", lambda path: "qwen2")
     with pytest.raises(ModelUnavailableError, match="a 'qwen2' GGUF without a model_spec.json"):
         resolve_model(str(copy))
+
+
+@pytest.fixture(scope="module")
+def batched():
+    return LlamaCppBackend(GEMMA, max_new_tokens=16, n_ctx=4096, parallel=4, parallel_ctx=2048)
+
+
+@pytest.mark.slow
+def test_batched_answer_does_not_depend_on_its_batch_mates(batched):
+    texts = prompts(3) + [prompts(1)[0].replace("simple", "plain")]
+    together = [g.text for g in batched.generate(texts)]
+    alone = [batched.generate([t])[0].text for t in texts]
+    reversed_ = [g.text for g in batched.generate(texts[::-1])][::-1]
+    assert together == alone == reversed_
+    assert all(g.completion_tokens <= 16 for g in batched.generate(texts))
+
+
+@pytest.mark.slow
+def test_decline_bias_moves_only_the_first_token_and_matches_the_margin(batched):
+    from tinyllm_utils.models.prompts import NO_CALL_ANSWER
+
+    texts = prompts(2)
+    margins = batched.decline_margins(texts)
+    for bias, declines in ((1e4, True), (-1e4, False)):
+        batched.decline_bias = bias
+        for seq in (batched, LlamaCppBackend(GEMMA, max_new_tokens=16, n_ctx=4096, decline_bias=bias)):
+            for generation in seq.generate(texts):
+                first_word = NO_CALL_ANSWER.split()[0]
+                assert generation.text.startswith(first_word) == declines
+    batched.decline_bias = None
+    # greedy declines exactly where the margin is negative (the no-call token is the top one)
+    plain = batched.generate(texts)
+    assert [g.text.startswith(NO_CALL_ANSWER.split()[0]) for g in plain] == [m < 0 for m in margins]

@@ -167,9 +167,71 @@ def finish_model(result: dict, method_dir: Path, label: str, parent: str, protoc
     model = str(final)
     if protocol.backend == "llama_cpp":
         model = str(export_gguf(final, exported_gguf(method_dir, spec.name)))
-    metrics = evaluate(replace(protocol, model=model), method_dir / "eval" / spec.name, progress=True)
+    metrics_dir = method_dir / "eval" / spec.name
+    metrics = evaluate(replace(protocol, model=model), metrics_dir, progress=True)
     return {"label": label, "path": str(final), "model": model, "training": training, "metrics": metrics,
-            "curves": result.get("curves")}
+            "metrics_dir": str(metrics_dir), "curves": result.get("curves")}
+
+
+def calibrate_decline(model: str, stage_dir: Path, out_path: Path, rows: int | None = 200, seed: int = 0) -> dict:
+    """The decline bias for `model` (a GGUF), calibrated on stage 02's validation rows (held out from training):
+    evaluation.decline.calibrate_threshold on each row's first-position margin; written to `out_path`."""
+    from tinyllm_utils.backends.llama_cpp import LlamaCppBackend
+    from tinyllm_utils.data.rows import row_example
+    from tinyllm_utils.evaluation.decline import calibrate_threshold
+    from tinyllm_utils.models.families import entry_prompt
+
+    if out_path.exists():
+        recorded = json.loads(out_path.read_text())
+        if recorded.get("model") == model and recorded.get("rows_asked") == rows:
+            return recorded
+    validation = sample_rows(load_stage02(stage_dir)["validation"], rows, seed)
+    spec = resolve_model(model)
+    backend = LlamaCppBackend(spec, max_new_tokens=1, seed=seed)
+    prompts = [entry_prompt(row_example(row).entry, spec, None) for row in validation]
+    margins = backend.decline_margins(prompts)
+    backend.close()
+    needs_call = [bool(json.loads(row["target"])) for row in validation]  # [] = the row needs no call
+    result = calibrate_threshold([m for m, c in zip(margins, needs_call) if c],
+                                 [m for m, c in zip(margins, needs_call) if not c])
+    result |= {"model": model, "rows_asked": rows, "source": "02_data_filtering validation split"}
+    write_json_atomic(out_path, result)
+    return result
+
+
+DECODING_OPTIONS = ("decline", "grammar", "grammar+decline")
+
+
+def evaluate_decoding(finished: dict, method_dir: Path, stage_dir: Path, protocol: EvalConfig, option: str) -> dict:
+    """The trained model again under another decoding option, as its own row (`eval/<name>-<option>/`): the
+    calibrated call/no-call decision (`decline`, evaluation.decline), the call-list grammar, or both."""
+    if option not in DECODING_OPTIONS:
+        raise ValueError(f"unknown decoding option {option!r}; expected one of {DECODING_OPTIONS}")
+    changes, calibration = {"grammar": "grammar" in option}, None
+    if "decline" in option:
+        calibration = calibrate_decline(finished["model"], stage_dir, method_dir / "decline.json", seed=protocol.seed)
+        changes["decline_bias"] = calibration["bias"]
+    name = resolve_model(finished["path"]).name
+    metrics_dir = method_dir / "eval" / f"{name}-{option.replace('+', '-')}"
+    metrics = evaluate(replace(protocol, model=finished["model"], **changes), metrics_dir, progress=True)
+    return {**finished, "metrics": metrics, "metrics_dir": str(metrics_dir), "decoding": option,
+            "decline": calibration}
+
+
+def changed_answers(before: Path, after: Path) -> dict:
+    """How many of the entries both evaluation folders answered got a different raw answer: whether training
+    changed the model's behaviour at all, before asking whether it changed its score."""
+    from tinyllm_utils.core.results import read_jsonl
+
+    changed = shared = 0
+    for path in sorted((after / "predictions").glob("*.jsonl")):
+        old = {row["id"]: row["raw"] for row in read_jsonl(before / "predictions" / path.name)} \
+            if (before / "predictions" / path.name).exists() else {}
+        for row in read_jsonl(path):
+            if row["id"] in old:
+                shared += 1
+                changed += row["raw"] != old[row["id"]]
+    return {"changed": changed, "shared": shared}
 
 
 def lora_for(config, enabled: bool = True):
@@ -194,7 +256,9 @@ def summary_table(results: dict[str, dict]):
             rows.append({"method": label, "note": result.get("skipped")})
             continue
         epochs = result["training"].get("epochs")
+        changed = result.get("changed_answers")
         row = {"method": label, "rows": result["training"].get("rows"), "epochs": epochs and round(epochs, 2),
+               "answers changed": changed and f"{changed['changed']} of {changed['shared']}",
                "dropped (too long)": result["training"].get("dropped_too_long"),
                "training s": round(result["training"]["seconds"], 1),
                "tokens/s": result["training"]["tokens_per_s"] and round(result["training"]["tokens_per_s"], 1)}

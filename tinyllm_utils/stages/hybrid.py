@@ -14,6 +14,7 @@ from tinyllm_utils.models.registry import resolve_model
 from tinyllm_utils.stages.common import (
     SMOKE_DPO,
     SMOKE_EVAL,
+    changed_answers,
     eval_protocol,
     evaluated_model,
     finish_model,
@@ -47,6 +48,13 @@ class HybridStageConfig:
     # GRPO (sft_grpo, grpo cycles) leaves out prompts longer than this many tokens: TRL 1.16 has no option of its
     # own, and a step's memory grows with them (trainers.train_grpo)
     grpo_max_prompt_length: int | None = 1024
+    # Compute-matched SFT: for each hybrid named in `sft_matched_to`, SFT continued from the same start checkpoint
+    # for as many steps as stage 04's SFT ran in that hybrid's training seconds (an SFTConfig block; max_steps is
+    # set from the match), so every hybrid is compared with more SFT at equal compute. None skips it.
+    sft_matched: dict | None = field(default_factory=lambda: {"learning_rate": 2e-4,
+                                                              "lr_scheduler_type": "constant"})
+    sft_matched_to: list[str] = field(default_factory=lambda: ["sft→dpo", "sft→grpo"])
+    sft_matched_rows: int | None = 8  # seeded sample of stage-02 train rows (another seed than stage 04's)
     evaluate_categories: list[str] | None = field(default_factory=lambda: list(SMOKE_EVAL))
     seed: int = 0
 
@@ -100,7 +108,45 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
                                                  generation_seconds=outcome["generation_seconds"])
         results[f"cycle {cycle}"]["cycle"] = {k: outcome[k] for k in ("rows", "failed", "pairs")}
         current, current_evaluated = Path(outcome["path"]), results[f"cycle {cycle}"]["model"]
+    if config.sft_matched is not None:
+        for hybrid in config.sft_matched_to:
+            if "training" in results.get(hybrid, {}):
+                label = f"sft matched to {hybrid}"
+                results[label] = train_matched_sft(config, stage_dir, start, results[hybrid]["training"]["seconds"],
+                                                   label, protocol)
+    start_eval = start.parent / "eval" / start_spec.name
+    for result in results.values():
+        if "metrics" in result:
+            result["changed_answers"] = changed_answers(start_eval, Path(result["metrics_dir"]))
     return results
+
+
+def matched_steps(start: Path, seconds: float) -> int:
+    """SFT steps that take `seconds` at the rate stage 04's SFT of `start` ran (its training.json)."""
+    training = json.loads((start.parent / "training.json").read_text())
+    return max(1, round(seconds * training["steps"] / training["seconds"]))
+
+
+def train_matched_sft(config: HybridStageConfig, stage_dir: Path, start: Path, seconds: float, label: str,
+                      protocol) -> dict:
+    """SFT continued from `start` for the steps stage 04's SFT ran in `seconds`: the hybrid's compute-matched
+    alternative (constant learning rate, so its length is all that differs from one match to another)."""
+    from tinyllm_utils.train.formats import sft_dataset
+    from tinyllm_utils.train.trainers import sft_config_from_dict, train_sft
+
+    method_dir = stage_dir / label.replace(" ", "-").replace("→", "-")
+    steps = matched_steps(start, seconds)
+    model, tokenizer = load_for_training(str(start))
+    spec = model._tinyllm_spec
+    rows = sample_rows(load_stage02(stage_dir)["train"], config.sft_matched_rows, config.seed + 1)
+    sft = sft_config_from_dict(tokens_seen(dict(config.sft_matched, max_steps=steps, seed=config.seed)))
+    base = spec.base_model or spec.name
+    result = train_sft(model, tokenizer, sft_dataset(rows, spec, tokenizer), None, sft,
+                       lora_for(config, config.use_lora), method_dir, spec=spec,
+                       name=f"{base}-{method_dir.name}")
+    finished = finish_model(result, method_dir, label, str(start), protocol)
+    finished["matched"] = {"hybrid_seconds": seconds, "steps": steps}
+    return finished
 
 
 # ---------------------------------------------------------------- self-improvement
