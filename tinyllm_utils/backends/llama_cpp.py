@@ -15,6 +15,7 @@ calibrated on held-out training rows (tinyllm_utils.evaluation.decline), reporte
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 
@@ -41,8 +42,10 @@ class LlamaCppBackend:
         self.parallel, self.parallel_ctx = max(1, parallel), parallel_ctx
         self.decline_bias = decline_bias
         self.model_path = spec.gguf_path()
+        # spec.lora_path: a GGUF LoRA adapter applied at run time on these weights (the adapter kept in F16 over a
+        # quantized base: tinyllm_utils.edge.lora_adapter)
         self.llm = Llama(model_path=str(self.model_path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
-                         seed=seed, verbose=False)
+                         seed=seed, verbose=False, lora_path=str(spec.lora_path) if spec.lora_path else None)
         self.n_ctx = self.llm.n_ctx()
         self.tokenizer = None  # llama.cpp prompts use the "gemma" format or a registry GGUF; no HF template
         self._batched = None  # the multi-sequence context, made on first use
@@ -119,6 +122,10 @@ class LlamaCppBackend:
             ctx = ll.llama_init_from_model(self.llm._model.model, params)
             if not ctx:
                 raise RuntimeError(f"llama.cpp could not make a {self.parallel}-sequence context")
+            if self.llm._lora_adapter is not None:  # the adapter the high-level context applies, here too
+                adapters = (ll.llama_adapter_lora_p_ctypes * 1)(self.llm._lora_adapter)
+                if ll.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(self.llm.lora_scale)):
+                    raise RuntimeError(f"llama.cpp could not apply the LoRA adapter {self.spec.lora_path}")
             self._batched = (ctx, ll.llama_batch_init(max(PREFILL_CHUNK, self.parallel), 0, 1))
         return self._batched
 
@@ -244,6 +251,7 @@ class LlamaCppBackend:
         import llama_cpp
 
         return {"backend": self.name, "llama_cpp_python": llama_cpp.__version__, "model_file": str(self.model_path),
+                "lora_adapter": str(self.spec.lora_path) if self.spec.lora_path else None,
                 "n_ctx": self.n_ctx, "n_threads": self.llm.n_threads, "max_new_tokens": self.max_new_tokens,
                 "parallel": self.parallel, "parallel_ctx": self.parallel_ctx if self.parallel > 1 else None,
                 "decline_bias": self.decline_bias}
