@@ -119,7 +119,10 @@ class LlamaCppBackend:
             # only, in the same order whatever the other streams' lengths, so a batch-mate cannot change it
             params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
             params.n_threads = params.n_threads_batch = self.llm.n_threads
-            ctx = ll.llama_init_from_model(self.llm._model.model, params)
+            from llama_cpp._utils import suppress_stdout_stderr
+
+            with suppress_stdout_stderr(disable=False):  # llama.cpp's context notes, as Llama(verbose=False) does
+                ctx = ll.llama_init_from_model(self.llm._model.model, params)
             if not ctx:
                 raise RuntimeError(f"llama.cpp could not make a {self.parallel}-sequence context")
             if self.llm._lora_adapter is not None:  # the adapter the high-level context applies, here too
