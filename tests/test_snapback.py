@@ -102,6 +102,45 @@ def test_delta_over_a_step_survives(tmp_path):
     assert overall["over_half_step"] > 0.9
 
 
+def _kept(base, delta, qtype):
+    """`kept` and `survival` (snapback's definitions) of quantizing base + delta against quantizing base."""
+    from gguf.quants import dequantize, quantize
+
+    moved = dequantize(quantize(base + delta, qtype), qtype) - dequantize(quantize(base, qtype), qtype)
+    return float((moved * delta).sum() / (delta * delta).sum()), float(np.linalg.norm(moved) / np.linalg.norm(delta))
+
+
+def _random_delta(w, steps, size, seed=1):
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], w.shape)
+    return _delta(w, steps, size) * -np.sign(w) * signs  # random signs, each block's largest weight untouched
+
+
+def test_off_grid_base_keeps_the_delta_on_average():
+    """A base that is not on the grid (trained in full precision): a delta of 0.3 steps moves rounding decisions
+    in proportion to its size, so the quantized change carries it on average (kept ~ 1), plus rounding noise."""
+    from gguf import GGMLQuantizationType as T
+
+    w = np.random.default_rng(0).normal(0, 0.02, (64, 4096)).astype(np.float32)
+    kept, survival = _kept(w, _random_delta(w, _steps(w, T.Q8_0), 0.3), T.Q8_0)
+    assert kept == pytest.approx(1.0, abs=0.1) and survival > 1.2
+
+
+def test_q5_0_grid_to_q4_0_amplifies_the_delta():
+    """Where the base is on the Q5_0 grid, the Q4_0 grid is every other Q5_0 point (same block maximum, scale
+    / -8 instead of / -16): half the weights sit on a rounding tie that any delta, however small, decides in its
+    own direction by a whole 4-bit step."""
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import dequantize, quantize
+
+    w = np.random.default_rng(0).normal(0, 0.02, (64, 4096)).astype(np.float32)
+    w5 = dequantize(quantize(w, T.Q5_0), T.Q5_0).astype(np.float32)
+    steps4 = block_steps(quantize(w5, T.Q4_0).reshape(-1, 18), T.Q4_0).reshape(w.shape)
+    ratio = w5 / steps4
+    assert np.isclose(np.abs(ratio - np.floor(ratio) - 0.5), 0, atol=1e-4).mean() > 0.4  # ties
+    kept, survival = _kept(w5, _random_delta(w5, steps4, 0.05), T.Q4_0)
+    assert kept > 3 and survival > 5
+
+
 # --------------------------------------------------------------------------------------------- the adapter
 
 
