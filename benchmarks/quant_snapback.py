@@ -72,7 +72,8 @@ def files(run: Path, label: str) -> dict[str, Path]:
     stem = f"gemma-3-270m-{label}"
     return {"out": out, "final": run / "04_sft" / label / "final",
             "embedded": resolve_model("gemma-3-270m").gguf_path(),  # the base's Q4_K_M: the training base itself
-            "base_f16": out / "base" / "gemma-3-270m-F16.gguf", "base_q4_k_m": out / "base" / "gemma-3-270m-Q4_K_M.gguf",
+            "base_f16": out / "base" / "gemma-3-270m-F16.gguf",
+            "base_q4_k_m": out / "base" / "gemma-3-270m-Q4_K_M.gguf",
             "base_q4_0": out / "base" / "gemma-3-270m-Q4_0.gguf", "f16": out / "gguf" / f"{stem}-F16.gguf",
             "q4_k_m": out / "gguf" / f"{stem}-Q4_K_M.gguf", "q4_0": out / "gguf" / f"{stem}-Q4_0.gguf",
             "deploy": out / "base-q4_k_m+adapter"}
@@ -155,7 +156,7 @@ def run_time_adapter(adapters: dict[str, str] | None = None, threads: int | None
         llama_cpp.Llama, evaluate_module.resolve_model = original, resolve
 
 
-VARIANTS = ("f16", "q4_k_m", "q4_0", "deploy")
+VARIANTS = ("deploy", "q4_k_m", "q4_0", "f16")  # the adapter first: it stands for the F16 model (same weights)
 NAMES = {"f16": "merged F16", "q4_k_m": "merged Q4_K_M", "q4_0": "merged Q4_0",
          "deploy": "base Q4_K_M + F16 adapter"}
 

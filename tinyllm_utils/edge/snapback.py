@@ -89,7 +89,8 @@ def compare_tensor(base_quant, finetuned, quant, base=None) -> dict:
     for start in range(0, n_rows, chunk):
         sl = slice(start, min(n_rows, start + chunk))
         w_ft = r_ft[sl].astype(np.float32)
-        w_b = _dequantize(r_b[sl], base.tensor_type) if base.tensor_type not in (T.F32, T.F16) else r_b[sl].astype(np.float32)
+        floats = base.tensor_type in (T.F32, T.F16)
+        w_b = r_b[sl].astype(np.float32) if floats else _dequantize(r_b[sl], base.tensor_type)
         q_b, q_f = _dequantize(r_bq[sl], qb), _dequantize(r_q[sl], qf)
         delta, moved = w_ft - w_b, q_f - q_b
         s["n"] += delta.size
@@ -184,7 +185,8 @@ def main(argv=None) -> None:
     same = [r for r in report["tensors"] if r["identical_bytes"] is not None]
     for r in sorted(same, key=lambda r: r["identical_bytes"])[: args.top]:
         print(f"{r['name']:28s} {r['type']:6s} bytes {r['identical_bytes']:.3f} blocks {r['identical_blocks']:.3f} "
-              f"delta {r['delta_rel']:.4f} ({r['delta_steps_rms']} steps rms) survival {r['survival']} kept {r['kept']}")
+              f"delta {r['delta_rel']:.4f} ({r['delta_steps_rms']} steps rms) survival {r['survival']} "
+              f"kept {r['kept']}")
 
 
 if __name__ == "__main__":
