@@ -43,6 +43,7 @@ runs = 1  # profile repetitions (median and spread)
 decode_tokens = 16
 transformers_reference = False  # also profile the transformers model (fp32, bf16) of each checkpoint
 evaluate_categories = ["simple_python", "irrelevance"]  # a subset of stage 01's categories; None for all of them
+best_also_on = []  # the best trained model (F16) also on these of stage 01's categories or groups, e.g. live
 seed = 0
 stage_dir = "outputs/smoke/07_edge_profile"
 

@@ -36,7 +36,17 @@ def default_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
     evals = results.drop_duplicates("key").sort_values("key")
     if "decoding" not in evals:
         evals = evals.assign(decoding="free")
-    repeated = evals["checkpoint"].notna() & evals.duplicated(["run_id", "checkpoint", "decoding"])
+    repeated = list(evals["checkpoint"].notna() & evals.duplicated(["run_id", "checkpoint", "decoding"]))
+    if "kind" in results and "category" in results:  # evaluated again on other categories: new comparisons
+        scored = results[(results["kind"] == "category") & (results["n"] > 0)]
+        categories = scored.groupby("key")["category"].agg(frozenset)
+        first_seen: dict = {}
+        for position, (_, row) in enumerate(evals.iterrows()):
+            where = (row["run_id"], row["checkpoint"], row["decoding"])
+            mine = categories.get(row["key"], frozenset())
+            if repeated[position] and not mine <= first_seen.get(where, frozenset()):
+                repeated[position] = False
+            first_seen[where] = first_seen.get(where, frozenset()) | mine
     pairs = []
     for (_, b), again in zip(evals.iterrows(), repeated):
         same_run = evals[(evals["run_id"] == b["run_id"]) & (evals["key"] != b["key"])]

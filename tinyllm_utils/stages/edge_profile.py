@@ -30,6 +30,9 @@ class EdgeStageConfig:
     decode_tokens: int = 16
     transformers_reference: bool = False  # profile the fp32 / bf16 transformers model of each checkpoint too
     evaluate_categories: list[str] | None = field(default_factory=lambda: list(SMOKE_EVAL))
+    # the best trained model (F16, as trained) also on these of stage 01's categories or groups (live,
+    # multi_turn), so that it is compared with the base beyond the categories it was trained for
+    best_also_on: list[str] = field(default_factory=list)
     seed: int = 0
 
 
@@ -59,6 +62,16 @@ def run_edge_profile_stage(config: EdgeStageConfig, stage_dir: str | Path) -> di
         checkpoints[name] = str(trained[name]["gguf"])
         if config.transformers_reference:
             references[name] = str(trained[name]["final"])
+    if config.best_also_on:
+        from dataclasses import replace
+
+        from tinyllm_utils.bfcl.data import expand_categories
+        from tinyllm_utils.evaluation.evaluate import evaluate
+
+        best = best_model(trained)
+        wider = eval_protocol(stage_dir, expand_categories(config.best_also_on))
+        name = resolve_model(str(trained[best]["gguf"])).name
+        evaluate(replace(wider, model=str(trained[best]["gguf"])), stage_dir / "best-wider" / "eval" / name)
     return profile_checkpoints(checkpoints, protocol, stage_dir, types=list(config.types), threads=list(config.threads),
                                threads_for={k: list(v) for k, v in config.threads_for.items()}, runs=config.runs,
                                decode_tokens=config.decode_tokens, requantize=requantize,
