@@ -50,6 +50,8 @@ def default_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
     pairs = []
     for (_, b), again in zip(evals.iterrows(), repeated):
         same_run = evals[(evals["run_id"] == b["run_id"]) & (evals["key"] != b["key"])]
+        if "/curve/" in str(b["eval_id"]):  # a learning curve's point: drawn, not tested (stages.sft)
+            continue
         if b["decoding"] != "free":
             plain = same_run[(same_run["decoding"] == "free") & (same_run["checkpoint"] == b["checkpoint"])
                              & (same_run["stage"] == b["stage"])]

@@ -67,6 +67,13 @@ class Evaluation:
     checkpoint: str | None = None  # the weights evaluated; `<run>/<stage>/...` when inside an outputs folder
 
     @property
+    def decoding(self) -> str:
+        """"free", or the decoding options its protocol adds: "grammar", "decline", "grammar+decline"."""
+        options = [name for name, on in (("grammar", self.parameters.get("grammar")),
+                                         ("decline", self.parameters.get("decline_bias") is not None)) if on]
+        return "+".join(options) or "free"
+
+    @property
     def key(self) -> str:
         return f"{self.run_id}/{self.stage}/{self.eval_id}"
 
@@ -259,13 +266,15 @@ def _eval_columns(ev: Evaluation) -> dict:
     return {"run_id": ev.run_id, "stage": ev.stage, "eval_id": ev.eval_id, "key": ev.key, "model": ev.model,
             "method": ev.method, "parent": ev.parent, "base_model": ev.base_model, "backend": ev.backend,
             "quantization": ev.quantization, "params_b": ev.params_b, "training_seconds": ev.training_seconds,
-            "peak_memory_mb": ev.peak_memory_mb, "bfcl_eval": ev.bfcl_eval, "checkpoint": ev.checkpoint}
+            "peak_memory_mb": ev.peak_memory_mb, "bfcl_eval": ev.bfcl_eval, "checkpoint": ev.checkpoint,
+            "decoding": ev.decoding}
 
 
 # Short names for the figures and tables; the full names (model, method, quantization, stage) are in
 # `label_table`, which the report prints beside them.
 METHOD_LABELS = {"base": "base", "sft-lora": "SFT", "sft-full": "SFT (full)", "dpo": "DPO", "grpo": "GRPO",
-                 "sft→dpo": "SFT→DPO", "sft→grpo": "SFT→GRPO"}
+                 "sft→dpo": "SFT→DPO", "sft→grpo": "SFT→GRPO", "sft matched to sft→dpo": "SFT≡SFT→DPO",
+                 "sft matched to sft→grpo": "SFT≡SFT→GRPO"}  # ≡: as many training seconds
 
 
 def short_label(method: str, model: str, base_model: str | None = None, quantization: str | None = None, *,
@@ -290,6 +299,9 @@ def _labels(evaluations: list[Evaluation]) -> dict[str, str]:
 
     labels = {ev.key: short_label(ev.method, ev.model, base_of(ev), ev.quantization, several_bases=len(bases) > 1,
                                   edge="edge" in ev.stage) for ev in evaluations}
+    for ev in evaluations:  # a decoding option's row: the same weights, decoded another way
+        if ev.decoding != "free" and ev.method != "base":
+            labels[ev.key] += f" +{ev.decoding}"
     for extra in (lambda ev: ev.stage[:2], lambda ev: f"{ev.run_id}/{ev.stage[:2]}", lambda ev: ev.key):
         counts = pd.Series(list(labels.values())).value_counts()
         for ev in evaluations:
