@@ -216,9 +216,56 @@ def evaluate_variants(run: Path, label: str, categories: list[str], limit: int, 
     return rows
 
 
+def _call_list_prefix(raw: str) -> str:
+    """The answer up to the end of its first top-level call list: a diagnostic for models that call correctly and
+    then do not stop (an end-of-turn row not yet learned), never the score."""
+    depth, quote = 0, None
+    for i, ch in enumerate(raw):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+            if depth == 0:
+                return raw[: i + 1]
+    return raw
+
+
+def summarize(run: Path, label: str, categories: list[str], limit: int) -> list[dict]:
+    """From the saved predictions: per variant x category n, correct (BFCL's checker), no call, unparseable, the
+    diagnostic `prefix_correct` (the checker on the answer cut after its first call list) and how many answers
+    are the same text as the adapter deployment's."""
+    from tinyllm_utils.bfcl.data import load_category
+    from tinyllm_utils.bfcl.scoring import failure_mode, score_example
+    from tinyllm_utils.core.results import read_jsonl
+
+    f, rows = files(run, label), []
+    for category in categories:
+        examples = {e.id: e for e in load_category(category, limit=limit, seed=0)}
+        saved = {}
+        for variant in VARIANTS:
+            path = f["out"] / "eval" / variant / "predictions" / f"{category}.jsonl"
+            saved[variant] = {p["id"]: p for p in read_jsonl(path) if p["id"] in examples} if path.exists() else {}
+        for variant, predictions in saved.items():
+            if not predictions:
+                continue
+            modes = [failure_mode(p) for p in predictions.values()]
+            rows.append({"variant": NAMES[variant], "category": category, "n": len(predictions),
+                         "correct": sum(p["valid"] for p in predictions.values()),
+                         "no_call": modes.count("no call"), "unparseable": modes.count("unparseable"),
+                         "prefix_correct": sum(bool(score_example(examples[i], _call_list_prefix(p["raw"]))["valid"])
+                                               for i, p in predictions.items()),
+                         "same_text_as_adapter": sum(p["raw"] == saved["deploy"].get(i, {}).get("raw")
+                                                     for i, p in predictions.items())})
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["train", "measure", "parity", "evaluate"])
+    parser.add_argument("command", choices=["train", "measure", "parity", "evaluate", "summarize"])
     parser.add_argument("--run", type=Path, default=Path("outputs/q4dev"))
     parser.add_argument("--rows", type=int, default=QUICK_TRAIN_ROWS)
     parser.add_argument("--threads", type=int, default=1)
@@ -237,6 +284,9 @@ def main(argv=None) -> None:
         print(json.dumps(measure(args.run, args.label, args.threads), indent=1))
     elif args.command == "parity":
         print(json.dumps(parity(args.run, args.label, threads=args.threads), indent=1))
+    elif args.command == "summarize":
+        for row in summarize(args.run, args.label, args.categories, args.limit):
+            print(json.dumps(row))
     else:
         rows = evaluate_variants(args.run, args.label, args.categories, args.limit, args.threads, args.variants)
         (files(args.run, args.label)["out"] / "accuracy.json").write_text(json.dumps(rows, indent=1))
