@@ -74,8 +74,8 @@ def _mb(value) -> str:
     return f"{value / 1024:.1f} GB" if value >= 1024 else f"{value:.0f} MB"
 
 
-def _short(commit: str | None) -> str:
-    return commit[:10] if commit else "–"
+def _short(commit) -> str:
+    return commit[:10] if isinstance(commit, str) and commit else "–"
 
 
 def stage_folders(run_dir: Path) -> list[Path]:
@@ -143,8 +143,8 @@ def stages_section(run_dir: Path, run_commit: str | None) -> list[str]:
         "stage": records["stage"], "status": records["status"],
         "wall time": records["seconds"].map(_duration), "peak memory": records["peak_rss_mb"].map(_mb),
         "finished (UTC)": records["finished"].map(lambda t: t.replace("T", " ")[:16] if isinstance(t, str) else "–"),
-        "commit": [_short(c) + (" (other than the run's)" if c and run_commit and c != run_commit else "")
-                   for c in records["commit"]]})
+        "commit": [_short(c) + (" (other than the run's)" if isinstance(c, str) and run_commit and c != run_commit
+                                else "") for c in records["commit"]]})
     total = pd.to_numeric(records["seconds"], errors="coerce").sum()
     return ["## Stages", "", _table(table), "",
             f"Wall time: each stage's last invocation (a resumed stage counts from its resumption); total "
@@ -268,13 +268,21 @@ def decisive_findings(results: pd.DataFrame, comparisons: pd.DataFrame, shared: 
     cats = results[(results["kind"] == "category") & results["category"].isin(calls)
                    & ~results["stage"].astype(str).str.contains("edge")]
     if len(cats):
-        means = cats.groupby("label", sort=False).apply(lambda g: (g["correct"].sum(), g["n"].sum()))
-        ranked = sorted(((c / n if n else 0.0, label, int(n)) for label, (c, n) in means.items()), reverse=True)
-        best, worst = ranked[0], ranked[-1]
+        totals = cats.groupby("label", sort=False)[["correct", "n"]].sum()
+        share = (totals["correct"] / totals["n"].where(totals["n"] > 0)).fillna(0.0)
         what = "call category" if len(calls) == 1 else f"{len(calls)} call categories"
-        sentences.append(f"On the {what} every model/method ran ({', '.join(calls)}), "
-                         f"**{best[1]}** answers the most entries correctly: {100 * best[0]:.1f} % of {best[2]}"
-                         + (f"; the fewest: **{worst[1]}**, {100 * worst[0]:.1f} %." if len(ranked) > 1 else "."))
+        low, high = int(totals["n"].min()), int(totals["n"].max())
+        scope = (f"On the {what} every model/method ran ({', '.join(calls)}; "
+                 f"{low if low == high else f'{low}-{high}'} entries each)")
+        top, bottom = share.max(), share.min()
+        if top == bottom:
+            sentences.append(f"{scope}, every model/method answers {100 * top:.1f} % correctly: no method separates "
+                             "from the others.")
+        else:
+            best = " and ".join(f"**{label}**" for label in share.index[share == top])
+            worst = " and ".join(f"**{label}**" for label in share.index[share == bottom])
+            sentences.append(f"{scope}, {best} answer{'s' if (share == top).sum() == 1 else ''} the most "
+                             f"entries correctly ({100 * top:.1f} %); the fewest: {worst} ({100 * bottom:.1f} %).")
     if comparisons is not None and len(comparisons):
         held = comparisons[(comparisons["p_holm"] < ALPHA) & (comparisons["diff"] != 0)]
         family = len(comparisons)
@@ -285,6 +293,9 @@ def decisive_findings(results: pd.DataFrame, comparisons: pd.DataFrame, shared: 
                      f"{r.ci_high:+.1f}, Holm p = {r.p_holm:.2g})" for r in top.itertuples()]
             sentences.append(f"{len(held)} of {family} paired comparisons hold after Holm's correction; the "
                              f"largest: {'; '.join(parts)}.")
+        elif (comparisons["diff"] == 0).all():
+            sentences.append(f"All {family} paired comparisons find no difference at all (every paired entry "
+                             "answered alike): at this n no method is shown to differ from its parent or the base.")
         else:
             largest = comparisons.loc[comparisons["diff"].abs().idxmax()]
             sentences.append(f"None of the {family} paired comparisons holds after Holm's correction (the largest "
