@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -74,7 +75,7 @@ def plot_category_accuracy(metrics: pd.DataFrame):
     for m_index, model in enumerate(models):
         sub = data[data["model"] == model].set_index("category").reindex(categories)
         xs = [i - 0.4 + width * (m_index + 0.5) for i in range(len(categories))]
-        ax.errorbar(xs, sub["accuracy"], yerr=[sub["accuracy"] - sub["ci_low"], sub["ci_high"] - sub["accuracy"]],
+        ax.errorbar(xs, sub["accuracy"], yerr=np.clip([sub["accuracy"] - sub["ci_low"], sub["ci_high"] - sub["accuracy"]], 0, None),
                     fmt="none", ecolor="black", elinewidth=1, capsize=2)
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")

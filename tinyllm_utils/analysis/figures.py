@@ -129,7 +129,7 @@ def plot_multi_turn_vs_params(results: pd.DataFrame, reference: pd.DataFrame | N
         ours = ours.merge(results.drop_duplicates("label")[["label", "params_b"]], on="label").dropna(subset=["params_b"])
     n_text = "ours: none with all four multi-turn categories"
     if len(ours):
-        ax.errorbar(ours["params_b"], ours["value"], yerr=[ours["value"] - ours["ci_low"], ours["ci_high"] - ours["value"]],
+        ax.errorbar(ours["params_b"], ours["value"], yerr=np.clip([ours["value"] - ours["ci_low"], ours["ci_high"] - ours["value"]], 0, None),
                     fmt="*", color="crimson", ms=12, capsize=3, label="ours (BFCL v4 data, 95 % interval)")
         for _, row in ours.iterrows():
             ax.annotate(row["label"], (row["params_b"], row["value"]), fontsize=8, xytext=(5, -10),
@@ -188,7 +188,7 @@ def plot_accuracy_vs_compute(results: pd.DataFrame):
     data = scores.merge(trained[["label", "training_seconds_total"]], on="label")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.errorbar(data["training_seconds_total"] / 60, data["value"],
-                yerr=[data["value"] - data["ci_low"], data["ci_high"] - data["value"]], fmt="o", capsize=3)
+                yerr=np.clip([data["value"] - data["ci_low"], data["ci_high"] - data["value"]], 0, None), fmt="o", capsize=3)
     for _, row in data.iterrows():
         ax.annotate(row["label"], (row["training_seconds_total"] / 60, row["value"]), fontsize=9, xytext=(5, 4),
                     textcoords="offset points")
