@@ -15,6 +15,14 @@ from tinyllm_utils.analysis.stats import ALPHA, V4_COUNTS, holm, paired_differen
 
 # --------------------------------------------------------------------------------------------- comparisons
 
+# The edge stage's 4-bit rows of a model fine-tuned from the embedded (de-quantized Q4_K_M) base: docs/edge.md.
+FOUR_BIT_NOTE = (
+    "Merged 4-bit variants of a model fine-tuned from the embedded base are no fair test of 4-bit quantization: "
+    "the base's weights lie on its own Q4_K_M grid, so Q4_K_M re-quantization snaps a short fine-tune back onto the "
+    "base (about 99 % of its bytes identical to the base's file, a few % of the fine-tune's direction kept) and "
+    "Q4_0 turns it into rounding-tie noise. The 4-bit deployment of such a model is the base Q4_K_M with the "
+    "fine-tune as an F16 LoRA adapter applied at run time (tinyllm_utils.edge.lora_adapter, docs/edge.md).")
+
 MATCHED_PREFIX = "sft matched to "  # stages.hybrid: SFT continued for a hybrid's training seconds
 
 def default_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
@@ -224,6 +232,9 @@ def findings_markdown(results: pd.DataFrame, comparisons: pd.DataFrame | None = 
                 f"comparisons below (family-wise error 5 %).", ""]
         ordered = comparisons.sort_values(["p_holm", "comparison"])
         out += compute_matched_section(results, comparisons)
+        quantized = comparisons["b_quantization"].astype(str).str.startswith("Q4")
+        if quantized.any():
+            out += ["### Reading the 4-bit rows", "", FOUR_BIT_NOTE, ""]
         out += ["### Every comparison", ""]
         out += [f"- {comparison_sentence(row)}" for _, row in ordered.iterrows()]
     else:
