@@ -77,7 +77,8 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
         model, tokenizer = load_for_training(str(start))
         prompts = grpo_dataset(sample_rows(load_stage02(stage_dir)["train"], config.grpo_rows, config.seed),
                                start_spec, tokenizer)
-        grpo = grpo_config_from_dict(tokens_seen(dict(config.sft_grpo, seed=config.seed)))
+        # GRPO counts the tokens it generates itself: transformers' counter would only warn that it cannot
+        grpo = grpo_config_from_dict(dict(config.sft_grpo, seed=config.seed))
         result = train_grpo(model, tokenizer, prompts, None, grpo, lora_for(config, config.use_lora),
                             stage_dir / "sft-grpo", max_prompt_length=config.grpo_max_prompt_length,
                             spec=start_spec, name=f"{base}-sft-grpo")
@@ -89,7 +90,8 @@ def run_hybrid_stage(config: HybridStageConfig, stage_dir: str | Path) -> dict[s
     for cycle in range(1, config.cycles + 1):
         method_dir = stage_dir / f"cycle-{cycle}"
         outcome = self_improvement_cycle(
-            current, data, method_dir, tokens_seen(dict(config.cycle_training, seed=config.seed)),
+            current, data, method_dir, (tokens_seen if config.cycle_method == "dpo" else dict)(
+                dict(config.cycle_training, seed=config.seed)),
             method=config.cycle_method,
             lora=lora_for(config, config.use_lora), limit=config.cycle_rows, backend=protocol.backend,
             max_new_tokens=protocol.max_new_tokens, seed=config.seed + cycle, generator=current_evaluated,
