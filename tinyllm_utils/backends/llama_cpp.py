@@ -3,8 +3,8 @@
 With `parallel > 1` it decodes up to `parallel` answers in one `llama_decode` call per token (llama.cpp's
 multi-sequence batch, through llama-cpp-python's low-level API): one token of every unfinished answer per
 step, so the weights are read once per step instead of once per answer, which is most of a small model's
-decoding time on a CPU. Each answer has its own KV stream (`kv_unified=False`), prefilled from its prompt alone,
-and the same greedy rules apply (argmax, the token cap, stop at end of turn, `stop_when_hopeless`). Answers under
+decoding time on a CPU. Each answer has its own KV stream (`kv_unified=False`) holding its own prompt only
+(what a stream already holds of it is kept, as the high-level API keeps it), and the same greedy rules apply (argmax, the token cap, stop at end of turn, `stop_when_hopeless`). Answers under
 a grammar are decoded one at a time (the grammar sampler is per sequence). Whether batched answers equal
 sequential ones depends on the weight type's kernels: `benchmarks/batched_parity.py` measures the flip rate.
 
@@ -49,6 +49,7 @@ class LlamaCppBackend:
         self.n_ctx = self.llm.n_ctx()
         self.tokenizer = None  # llama.cpp prompts use the "gemma" format or a registry GGUF; no HF template
         self._batched = None  # the multi-sequence context, made on first use
+        self._in_stream: dict[int, list[int]] = {}  # the tokens whose keys and values each stream holds
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=True, special=True)
@@ -160,11 +161,24 @@ class LlamaCppBackend:
 
     def _prefill(self, seq: int, tokens: list[int]) -> int:
         """Prompt `tokens` into sequence `seq`'s stream, in the high-level API's chunks; returns the batch index
-        of the last prompt token's logits."""
-        for chunk in range(0, len(tokens), PREFILL_CHUNK):
+        of the last prompt token's logits. The part the stream already holds (the system prompt of the previous
+        answer, a multi-turn chat's earlier turns) is kept, as llama-cpp-python's high-level API keeps it: a
+        token's keys and values depend only on the tokens before it, the same however they were batched."""
+        from llama_cpp import llama_cpp as ll
+
+        ctx, _ = self._context()
+        held = self._in_stream.get(seq, [])
+        common = 0
+        while common < min(len(held), len(tokens) - 1) and held[common] == tokens[common]:
+            common += 1
+        if not ll.llama_memory_seq_rm(ll.llama_get_memory(ctx), seq, common, -1):
+            common = 0  # the cache cannot cut this stream here: start it again
+            ll.llama_memory_seq_rm(ll.llama_get_memory(ctx), seq, -1, -1)
+        for chunk in range(common, len(tokens), PREFILL_CHUNK):
             piece = tokens[chunk:chunk + PREFILL_CHUNK]
             self._decode([(t, chunk + i, seq, chunk + i == len(tokens) - 1) for i, t in enumerate(piece)])
-        return (len(tokens) - 1) % PREFILL_CHUNK
+        self._in_stream[seq] = list(tokens)
+        return (len(tokens) - 1 - common) % PREFILL_CHUNK
 
     def decline_margins(self, prompts: list[str]) -> list[float]:
         """Per prompt, at the answer's first position: the highest logit of any other token minus the no-call
@@ -175,7 +189,6 @@ class LlamaCppBackend:
         margins = []
         for prompt in prompts:
             tokens = self.tokenize(prompt)
-            ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
             logits = self._logits(self._prefill(0, tokens)).copy()
             decline = self.decline_token(prompt)
             chosen = logits[decline]
@@ -188,14 +201,12 @@ class LlamaCppBackend:
         from llama_cpp import llama_cpp as ll
 
         ctx, _ = self._context()
-        memory = ll.llama_get_memory(ctx)
         vocab = self.llm._model.vocab
         start = time.perf_counter()
         prompt_tokens = [self.tokenize(p) for p in prompts]
         results: list[Generation | None] = [None] * len(prompts)
         generated: dict[int, list[int]] = {}
         next_token: dict[int, int] = {}
-        ll.llama_memory_clear(memory, True)  # each answer sees its own prompt only, never an earlier batch's
         for seq, tokens in enumerate(prompt_tokens):
             if len(tokens) + self.max_new_tokens > self.parallel_ctx:  # the batch's streams are this long
                 results[seq] = self._generate_one(prompts[seq], stop_when_hopeless)
@@ -228,7 +239,8 @@ class LlamaCppBackend:
                     step.append((token, len(prompt_tokens[seq]) + len(generated[seq]) - 1, seq, True))
             if step:
                 self._decode(step)
-                for index, (_, _, seq, _) in enumerate(step):
+                for index, (token, _, seq, _) in enumerate(step):
+                    self._in_stream[seq].append(token)
                     next_token[seq] = self._next_token(index)
         seconds = (time.perf_counter() - start) / len(prompts)  # the batch's time, shared by its answers
         for result in results:
@@ -242,7 +254,7 @@ class LlamaCppBackend:
             ctx, batch = self._batched
             ll.llama_batch_free(batch)
             ll.llama_free(ctx)
-            self._batched = None
+            self._batched, self._in_stream = None, {}
 
     def __del__(self):
         try:
