@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from tinyllm_utils.analysis import multi_turn_verdict
 from tinyllm_utils.analysis.reference import TABLE_IV, TABLE_IV_LABELS
 from tinyllm_utils.analysis.runs import IRRELEVANCE, names_parent
 from tinyllm_utils.analysis.stats import ALPHA, V4_COUNTS, holm, paired_difference, score_weights
@@ -224,6 +225,9 @@ def findings_markdown(results: pd.DataFrame, comparisons: pd.DataFrame | None = 
     for key in results["key"].drop_duplicates():
         out += [f"- {evaluation_summary(results, key, entry_table)}"]
     out += [""]
+    multi_turn = multi_turn_verdict.multi_turn_rows(results)
+    if len(multi_turn):  # the paper's open question: can a sub-1B model do multi-turn at all?
+        out += ["## Multi-turn below 1B parameters", "", multi_turn_verdict.verdict_sentence(multi_turn), ""]
     if comparisons is not None and len(comparisons):
         family = int(comparisons["family_size"].iloc[0])
         out += ["## Paired comparisons", "",
