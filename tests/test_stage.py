@@ -123,7 +123,7 @@ def test_profiles_inherit_and_only_list_changes():
     quick = profiles.resolve_profile("quick")["stages"]
     for name in smoke:
         assert smoke[name] == profiles.default_parameters(name)  # the dataclass defaults are the smoke workload
-    assert quick["01_baseline_evaluation"]["limit"] == 25
+    assert quick["01_baseline_evaluation"]["limit"] == 100 and quick["01_baseline_evaluation"]["parallel"] == 8
     assert quick["03_pair_construction"]["seed"] == smoke["03_pair_construction"]["seed"]  # inherited, not copied
     assert quick["02_data_filtering"]["ngram"] == smoke["02_data_filtering"]["ngram"]
     full = profiles.resolve_profile("full")["stages"]
