@@ -93,7 +93,7 @@ def reference(tmp_path_factory):
     """One uninterrupted smoke run of every stage."""
     root = tmp_path_factory.mktemp("outputs")
     yield run_pipeline("smoke", run_id="reference", output_root=root, progress=False)
-    shutil.rmtree(root, ignore_errors=True)  # about 8 GB of trained weights: free the disk for the modules after
+    shutil.rmtree(root, ignore_errors=True)  # GBs of trained weights: free the disk for the modules after
 
 
 @pytest.mark.pipeline

@@ -166,15 +166,21 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
         ("gemma", "local", "sft_lora", "tiny-gemma", "04_sft", str(final.resolve()))
     assert spec.parent == str(tiny_dir.resolve())
     with safe_open(final / "model.safetensors", "pt") as weights:  # one tied matrix, no adapter left
-        keys = set(weights.keys())
+        stored = {k: weights.get_tensor(k) for k in weights.keys()}
+    keys = set(stored)
     assert not any("lora" in k for k in keys) and not any(k.startswith("lm_head") for k in keys)
     assert not any("token_adapter" in k for k in keys)
+    # stored as the F16 GGUF keeps them: matrices in F16, norms in full precision
+    assert {str(t.dtype) for t in stored.values() if t.dim() > 1} == {"torch.float16"}
+    assert {str(t.dtype) for t in stored.values() if t.dim() == 1} == {"torch.float32"}
 
     # merge parity: the merged folder generates what base + adapter (from the last checkpoint) generates
     merged = AutoModelForCausalLM.from_pretrained(str(final))
+    assert merged.dtype == torch.float32  # loads in the dtype it was trained in, not the one it is stored in
     assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight
     end_id = tokenizer.convert_tokens_to_ids("<end_of_turn>")  # train_end_token: the answers' end row learned
-    trained_rows = (merged.get_input_embeddings().weight != tiny[0].get_input_embeddings().weight).any(dim=1)
+    untrained = tiny[0].get_input_embeddings().weight.half().float()  # the base rounded as the save rounds it
+    trained_rows = (merged.get_input_embeddings().weight != untrained).any(dim=1)
     assert trained_rows.nonzero().flatten().tolist() == [end_id]
     base = _copy(tiny[0])  # the untrained weights (tests train copies)
     unmerged = PeftModel.from_pretrained(base, str(out / "checkpoints" / "checkpoint-6")).eval()
@@ -182,7 +188,8 @@ def test_sft_lora_learns_checkpoints_resumes_and_merges_with_ties_kept(tiny, tin
     with torch.no_grad():
         a = unmerged.generate(**prompt, max_new_tokens=8, do_sample=False)
         b = merged.eval().generate(**prompt, max_new_tokens=8, do_sample=False)
-        torch.testing.assert_close(unmerged(**prompt).logits, merged(**prompt).logits, rtol=1e-4, atol=1e-4)
+        # equal up to the F16 rounding of the stored matrices
+        torch.testing.assert_close(unmerged(**prompt).logits, merged(**prompt).logits, rtol=1e-2, atol=1e-2)
     assert a.tolist() == b.tolist()
 
     # a rerun with the same parameters returns the finished result without training, its files where the
